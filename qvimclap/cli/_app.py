@@ -1,0 +1,61 @@
+"""The typer application and the one place user errors become a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from qvimclap.errors import QvimclapError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code for a user error (bad input, wrong checkpoint, existing output without --force).
+USER_ERROR_EXIT = 2
+
+app = typer.Typer(
+    name="qvimclap",
+    help="Find and generate sounds from vocal imitations, through CLAP's audio embedding space.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(func: F) -> F:
+    """Decorate every command: a :class:`QvimclapError` prints ``Error: ...`` on stderr and exits 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except QvimclapError as err:
+            typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(code=USER_ERROR_EXIT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from qvimclap import __version__
+
+        typer.echo(f"qvimclap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    setup_logging(verbose)

@@ -1,0 +1,1 @@
+"""Models: the EfficientAT QVIM encoder, the CLAP audio encoder, projection heads and the aligned model."""

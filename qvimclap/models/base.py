@@ -1,0 +1,31 @@
+"""The contract every audio embedder meets, so stores, indexes, search and evaluation need not know which."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class AudioEmbedder(Protocol):
+    """Turns mono waveforms into L2-normalised float32 embeddings.
+
+    ``embed`` takes float32 mono ``[T]`` arrays at ``sample_rate`` (any lengths; the embedder applies its own
+    pad/crop policy) and returns ``[N, embedding_dim]`` float32, L2-normalised, finite, in input order.
+    Batching never changes a result beyond float32 round-off.
+    """
+
+    sample_rate: int
+    embedding_dim: int
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def embed(self, waveforms: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray: ...
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation of ``[N, D]`` float32; a zero row stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32)
