@@ -1,16 +1,23 @@
 """Retrieval metrics, as the QVIM challenge computes them, over full rankings (pure numpy).
 
-A ranking ``ranked [Q, R]`` lists, for each query (vocal imitation), the indices of all ``R`` unique references from
-most to least similar: what a FAISS search with ``k = R`` returns. Each query has exactly one true reference.
+A ranking ``ranked [Q, R]`` lists, for each query (vocal imitation), the indices of all ``R`` unique
+references from most to least similar: what a FAISS search with ``k = R`` returns. Each query has exactly one
+true reference.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 def rank_by_similarity(similarity: np.ndarray) -> np.ndarray:
-    """``[Q, R]`` similarity -> ``[Q, R]`` reference indices, most similar first (stable: ties keep index order)."""
+    """``[Q, R]`` similarity -> ``[Q, R]`` reference indices, most similar first (stable: ties keep index
+    order)."""
     return np.argsort(-np.asarray(similarity, dtype=np.float64), axis=1, kind="stable")
 
 
@@ -76,3 +83,271 @@ def chance_class_ndcg(query_labels: np.ndarray, reference_labels: np.ndarray) ->
         if m:
             scores.append((m / len(reference_labels)) * total / cumulative[m - 1])
     return float(np.mean(scores)) if scores else 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Orchestration (qvimclap eval-retrieval): embed imitations and references, search with FAISS, score
+# ------------------------------------------------------------------------------------------------------------
+
+SPACES = ("clap", "qvim")
+
+
+@dataclass
+class RetrievalReport:
+    """Retrieval of each query's one true reference among all unique references of a dataset.
+
+    ``metrics`` and ``chance`` have keys ``recall@1``, ``recall@<k>``, ``recall@10``, ``mrr``, ``class_ndcg``;
+    ``per_class`` rows have ``label``, ``num_queries``, ``mrr``, ``recall@1``, ``recall@<k>``; ``ranks`` are
+    the 1-based ranks ``[Q]`` of the true references, in the order of ``query_paths``.
+    """
+
+    space: str
+    k: int
+    num_queries: int
+    num_references: int
+    metrics: dict[str, float]
+    chance: dict[str, float]
+    per_class: list[dict[str, Any]]
+    ranks: np.ndarray
+    query_paths: list[str]
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (ranks included, as a list)."""
+        data = dataclasses.asdict(self)
+        data["ranks"] = self.ranks.tolist()
+        return data
+
+    def format(self) -> str:
+        """Human-readable summary and per-class table (markdown)."""
+        lines = [
+            f"{self.space} space: {self.num_queries} queries, {self.num_references} references "
+            f"({self.model})",
+            "",
+            "| metric | value | chance |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {key} | {value:.4f} | {self.chance[key]:.4f} |" for key, value in self.metrics.items()]
+        keys = ["num_queries", "mrr", "recall@1", f"recall@{self.k}"]
+        lines += ["", "| class | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for row in self.per_class:
+            values = [str(row[key]) if key == "num_queries" else f"{row[key]:.4f}" for key in keys]
+            lines.append(f"| {row['label']} | " + " | ".join(values) + " |")
+        return "\n".join(lines)
+
+
+def evaluate_retrieval(
+    data: Any,
+    model: Any,
+    *,
+    k: int = 5,
+    space: str = "clap",
+    clap: Any = None,
+    cache_dir: Any = None,
+    batch_size: int = 16,
+) -> RetrievalReport:
+    """Embed the queries and unique references of ``data``, search a FAISS index of the references, score.
+
+    ``data`` is a dataset folder or a :class:`~qvimclap.data.Dataset`. ``model`` is an aligned model folder
+    (or ``aligned:<dir>``, or an :class:`~qvimclap.models.aligned.AlignedModel`), with ``space="qvim"`` a
+    plain QVIM checkpoint (``qvim:<source>`` or a path), or a ``(query, reference)`` pair of embedders. Queries always go through the imitation tower. In
+    ``"clap"`` space the references are embedded by CLAP (``clap``: an embedder or CLAP source; default the
+    model's recorded CLAP), reusing the cached training targets when ``cache_dir`` holds them; in ``"qvim"``
+    space by the model's reference tower.
+    """
+    from qvimclap.errors import QvimclapError
+
+    if space not in SPACES:
+        raise QvimclapError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    if k < 1:
+        raise QvimclapError(f"k must be at least 1, got {k}")
+    # 1. the dataset's (query, true reference) pairs
+    dataset = _as_dataset(data)
+    queries, true_ref, references = _query_table(dataset)
+    # 2. the embedders of each side
+    query_embedder, reference_side, label = _resolve_embedders(model, space, clap)
+    # 3. embed, index, search the full ranking
+    query_vectors = _embed_paths(queries, query_embedder, batch_size)
+    reference_vectors = _embed_references(references, reference_side, dataset.root, cache_dir, batch_size)
+    ranked = _full_ranking(query_vectors, reference_vectors, references, reference_side.fingerprint())
+    # 4. score
+    ranks = true_ranks(ranked, true_ref)
+    query_labels = np.array([dataset.label_of(q) for q in queries])
+    reference_labels = np.array([dataset.label_of(r) for r in references])
+    num_refs = len(references)
+    cutoffs = sorted({1, k, 10})
+    metrics = {f"recall@{c}": recall_at_k(ranks, c) for c in cutoffs}
+    metrics |= {"mrr": mrr(ranks), "class_ndcg": class_ndcg(ranked, query_labels, reference_labels)}
+    chance = {f"recall@{c}": chance_recall_at_k(num_refs, c) for c in cutoffs}
+    chance |= {"mrr": chance_mrr(num_refs), "class_ndcg": chance_class_ndcg(query_labels, reference_labels)}
+    return RetrievalReport(
+        space=space,
+        k=k,
+        num_queries=len(queries),
+        num_references=num_refs,
+        metrics=metrics,
+        chance=chance,
+        per_class=_per_class(ranks, query_labels, k),
+        ranks=ranks,
+        query_paths=[str(q) for q in queries],
+        model=label,
+    )
+
+
+def plot_rank_histogram(report: RetrievalReport, path: Any) -> Any:
+    """PNG histogram of the true references' ranks, with the uniform (chance) level; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bins = np.unique(
+        np.geomspace(1, report.num_references + 1, num=min(30, report.num_references + 1)).astype(int)
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(report.ranks, bins=bins, color="tab:blue", label="true reference")
+    expected = report.num_queries * np.diff(bins) / report.num_references
+    ax.step(bins[:-1], expected, where="post", color="grey", linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel=f"rank of the true reference (of {report.num_references})",
+        ylabel="queries",
+        title=f"{report.space} space: MRR {report.metrics['mrr']:.3f} (chance {report.chance['mrr']:.3f})",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _as_dataset(data: Any) -> Any:
+    from qvimclap.data import Dataset, open_dataset
+    from qvimclap.errors import DatasetError
+
+    dataset = data if isinstance(data, Dataset) else open_dataset(data)
+    if not dataset.pairs:
+        raise DatasetError(f"{dataset.root}: has no (imitation, reference) pairs to evaluate retrieval on")
+    return dataset
+
+
+def _query_table(dataset: Any) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """Unique (query, reference) pairs -> query paths, their true reference index ``[Q]``, unique
+    references."""
+    references = list(dataset.references)
+    index = {r: i for i, r in enumerate(references)}
+    seen: dict[tuple[Path, Path], None] = {}
+    for pair in dataset.pairs:
+        seen.setdefault((pair.query_path, pair.reference_path), None)
+    queries = [q for q, _ in seen]
+    true_ref = np.array([index[r] for _, r in seen], dtype=np.int64)
+    return queries, true_ref, references
+
+
+def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str]:
+    """(query embedder, reference embedder, description) for a model argument in a space."""
+    from qvimclap.errors import CheckpointError, FingerprintMismatchError
+    from qvimclap.models.aligned import AlignedModel, is_aligned_model_dir
+
+    if isinstance(model, tuple) and len(model) == 2:  # (query embedder, reference embedder), used as given
+        return model[0], model[1], "embedders"
+    aligned = None
+    if isinstance(model, AlignedModel):
+        aligned, label = model, "aligned model"
+    else:
+        text = str(model)
+        source = text[len("aligned:") :] if text.startswith("aligned:") else text
+        if not text.startswith("qvim:") and is_aligned_model_dir(Path(source).expanduser()):
+            aligned, label = AlignedModel.from_pretrained(Path(source).expanduser()), source
+    if aligned is not None:
+        queries = aligned.embedder("imitation")
+        if space == "qvim":
+            return queries, aligned.embedder("reference"), label
+        clap_embedder = _clap_embedder(clap, aligned)
+        got, want = clap_embedder.fingerprint().get("space"), aligned.config.space
+        if got != want:
+            raise FingerprintMismatchError(
+                f"{label}: the model was trained into CLAP space {want!r} but the CLAP given embeds into "
+                f"{got!r}; "
+                "pass the CLAP the model was aligned with (--clap)"
+            )
+        return queries, clap_embedder, label
+    if space == "clap":
+        raise CheckpointError(
+            f"{model}: not an aligned model folder; a plain QVIM encoder has no CLAP space, use --space qvim "
+            "or train one with `qvimclap align`"
+        )
+    from qvimclap.models.qvim import QvimEncoder
+
+    source = str(model)[len("qvim:") :] if str(model).startswith("qvim:") else str(model)
+    imitation = QvimEncoder.from_pretrained(source, tower="imitation")
+    try:
+        reference = QvimEncoder.from_pretrained(source, tower="reference")
+    except CheckpointError:
+        reference = imitation  # a one-tower file: both sides share it
+    return imitation, reference, source
+
+
+def _clap_embedder(clap: Any, aligned: Any) -> Any:
+    from qvimclap.models.clap import ClapEncoder
+
+    if clap is None:
+        return ClapEncoder.from_pretrained(
+            aligned.config.clap_source, preprocessing=aligned.config.clap_preprocessing
+        )
+    if isinstance(clap, (str, Path)):
+        return ClapEncoder.from_pretrained(str(clap), preprocessing=aligned.config.clap_preprocessing)
+    return clap
+
+
+def _embed_paths(paths: list[Path], embedder: Any, batch_size: int) -> np.ndarray:
+    from qvimclap.audio import load_audio
+
+    out = []
+    for start in range(0, len(paths), 64):
+        waves = [load_audio(p, embedder.sample_rate) for p in paths[start : start + 64]]
+        out.append(np.asarray(embedder.embed(waves, batch_size=batch_size), dtype=np.float32))
+    return np.concatenate(out)
+
+
+def _embed_references(
+    references: list[Path], embedder: Any, root: Path, cache_dir: Any, batch_size: int
+) -> np.ndarray:
+    """Reference vectors; CLAP ones go through (and fill) the targets cache when ``cache_dir`` is given."""
+    if cache_dir is not None and embedder.fingerprint().get("encoder") == "clap":
+        from qvimclap.train.targets import clap_targets
+
+        return clap_targets(references, embedder, root=root, cache_dir=Path(cache_dir), batch_size=batch_size)
+    return _embed_paths(references, embedder, batch_size)
+
+
+def _full_ranking(
+    queries: np.ndarray, references: np.ndarray, paths: list[Path], fingerprint: dict
+) -> np.ndarray:
+    """``[Q, R]`` reference indices, best first, from an exact (flat inner-product) FAISS index."""
+    from qvimclap.index import VectorIndex
+
+    ids = [str(i) for i in range(len(paths))]
+    index = VectorIndex.build(references, ids, fingerprint=fingerprint, kind="flat", device="cpu")
+    _, rows = index.search_rows(queries, k=len(paths))
+    return rows
+
+
+def _per_class(ranks: np.ndarray, query_labels: np.ndarray, k: int) -> list[dict[str, Any]]:
+    rows = []
+    for label in sorted(set(query_labels.tolist())):
+        mask = query_labels == label
+        rows.append(
+            {
+                "label": label,
+                "num_queries": int(mask.sum()),
+                "mrr": mrr(ranks[mask]),
+                "recall@1": recall_at_k(ranks[mask], 1),
+                f"recall@{k}": recall_at_k(ranks[mask], k),
+            }
+        )
+    return rows

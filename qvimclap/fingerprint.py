@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Keys recorded for information only; embeddings stay comparable across them.
-IGNORED_KEYS = frozenset({"qvimclap_version", "created"})
+#: Keys recorded for information only (a moved folder keeps its weights hash); embeddings stay comparable.
+IGNORED_KEYS = frozenset({"qvimclap_version", "created", "source"})
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

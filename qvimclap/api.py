@@ -1,0 +1,459 @@
+"""What the CLI does, as functions: load an embedder, embed files or datasets into stores, index, search.
+
+A typical session::
+
+    from qvimclap import api
+
+    report = api.embed_dataset("sounds/", "clap:scratch", "embeddings/sounds.h5")   # resumable
+    api.build_index("embeddings/sounds.h5", "indexes/sounds.faiss")
+    for hit in api.search("imitation.wav", "indexes/sounds.faiss", k=5):
+        print(hit.rank, f"{hit.score:.3f}", hit.id, hit.path)
+
+Embedder specs (:func:`load_embedder`): ``clap:scratch``, ``clap:<folder, hub id, .pt or .ckpt>``,
+``qvim:scratch:mn04``, ``qvim:<checkpoint>``, ``aligned:<dir>`` or just ``<dir>``; a ``#reference`` suffix
+picks the reference tower of two-tower models. A store remembers its spec, so search can re-create the query
+encoder: the same spec without ``#reference`` (queries are imitations, embedded by the imitation tower).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qvimclap.errors import (
+    AudioError,
+    CheckpointError,
+    FingerprintMismatchError,
+    QvimclapError,
+    StoreError,
+)
+from qvimclap.index import VectorIndex, build_index_from_store
+from qvimclap.models.base import AudioEmbedder
+from qvimclap.store import EmbeddingStore
+
+if TYPE_CHECKING:
+    from qvimclap.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+#: Which files of a dataset ``embed_dataset`` embeds.
+ITEM_SETS = ("references", "queries", "all")
+_TOWER_SUFFIXES = {"#reference": "reference", "#imitation": "imitation"}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: 1-based ``rank``, ``score`` (cosine), stored ``id`` and source ``path``."""
+
+    rank: int
+    score: float
+    id: str
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": self.score, "id": self.id, "path": self.path}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be embedded, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    """What :func:`embed_dataset` did: rows added now, rows already stored (resume), unusable files."""
+
+    store_path: Path
+    num_items: int
+    num_added: int
+    num_skipped: int
+    failures: tuple[Failure, ...] = field(default=())
+
+
+# ---------------------------------------------------------------------------------------------- embedders
+def parse_embedder_spec(spec: str) -> tuple[str, str, str]:
+    """``spec`` -> ``(kind, source, tower)`` with kind ``"clap"``, ``"qvim"`` or ``"aligned"``."""
+    text = str(spec).strip()
+    tower = "imitation"
+    for suffix, name in _TOWER_SUFFIXES.items():
+        if text.endswith(suffix):
+            text, tower = text[: -len(suffix)], name
+    for kind in ("clap", "qvim", "aligned"):
+        if text.startswith(kind + ":") and len(text) > len(kind) + 1:
+            return kind, text[len(kind) + 1 :], tower
+    if text and Path(text).expanduser().is_dir():
+        return "aligned", text, tower
+    raise CheckpointError(
+        f"encoder spec {spec!r} is not understood; use clap:scratch, clap:<CLAP folder or checkpoint>, "
+        "qvim:scratch:mn04, qvim:<checkpoint>, aligned:<model folder> or a model folder "
+        "(add #reference for the reference tower)"
+    )
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with an existing relative path made absolute, so it still works from another folder."""
+    kind, source, tower = parse_embedder_spec(spec)
+    path = Path(source).expanduser()
+    if not source.startswith("scratch") and path.exists():
+        source = str(path.resolve())
+    return f"{kind}:{source}" + ("#reference" if tower == "reference" else "")
+
+
+def query_spec(spec: str) -> str:
+    """The spec of the encoder for queries (imitations) against a store built with ``spec``."""
+    kind, source, _ = parse_embedder_spec(spec)
+    return f"{kind}:{source}"
+
+
+def load_embedder(spec: str) -> AudioEmbedder:
+    """Build the :class:`~qvimclap.models.base.AudioEmbedder` a spec names (see the module docstring)."""
+    kind, source, tower = parse_embedder_spec(spec)
+    if kind == "clap":
+        from qvimclap.models.clap import ClapEncoder
+
+        return ClapEncoder.from_pretrained(source)
+    if kind == "qvim":
+        from qvimclap.models.qvim import QvimEncoder
+
+        return QvimEncoder.from_pretrained(source, tower=tower)
+    from qvimclap.models.aligned import AlignedModel
+
+    return AlignedModel.from_pretrained(Path(source).expanduser()).embedder(tower)
+
+
+def _as_embedder(encoder: str | AudioEmbedder) -> AudioEmbedder:
+    return load_embedder(encoder) if isinstance(encoder, str) else encoder
+
+
+# ---------------------------------------------------------------------------------------------- embedding
+def embed_file(path: str | Path, embedder: str | AudioEmbedder) -> np.ndarray:
+    """One audio file -> ``[D]`` float32 L2-normalised; raises AudioError for unusable audio."""
+    from qvimclap.audio import load_audio
+
+    embedder = _as_embedder(embedder)
+    return _checked_rows(embedder.embed([load_audio(path, embedder.sample_rate)]), [str(path)])[0]
+
+
+def embed_array(waveform: np.ndarray, sample_rate: int, embedder: str | AudioEmbedder) -> np.ndarray:
+    """A float32 ``[T]`` (or ``[T, C]``) waveform at ``sample_rate`` Hz -> ``[D]`` float32 L2-normalised."""
+    from qvimclap.audio import prepare_waveform
+
+    embedder = _as_embedder(embedder)
+    x = prepare_waveform(waveform, sample_rate, embedder.sample_rate)
+    return _checked_rows(embedder.embed([x]), ["<array>"])[0]
+
+
+def embed_files(
+    paths: Sequence[str | Path],
+    embedder: str | AudioEmbedder,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[np.ndarray, list[Failure]]:
+    """Embed audio files; unusable ones are reported, not fatal.
+
+    Returns ``(embeddings [N_ok, D] float32, failures)``: row ``i`` belongs to the ``i``-th path that is not
+    among the failures (input order kept).
+    """
+    embedder = _as_embedder(embedder)
+    chunks, failures = [], []
+    for batch in _batches([Path(p) for p in paths], batch_size, progress=progress, what="files"):
+        ok_paths, x, batch_failures = _embed_batch(batch, embedder, batch_size=batch_size)
+        failures.extend(batch_failures)
+        chunks.append(x)
+    dim = embedder.embedding_dim
+    return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), failures
+
+
+def embed_dataset(
+    data_path: str | Path,
+    embedder_spec: str,
+    out_path: str | Path,
+    *,
+    resume: bool = True,
+    force: bool = False,
+    batch_size: int = 16,
+    items: str = "references",
+    progress: bool = True,
+) -> EmbedReport:
+    """Embed a dataset's files into an HDF5 store at ``out_path``, committing each batch (kill-safe).
+
+    ``items``: ``"references"`` (the sound library, default), ``"queries"`` or ``"all"``. Ids are paths
+    relative to the dataset root. An existing store is resumed (ids already stored are skipped; the
+    fingerprint must match) unless ``force`` replaces it; with ``resume=False`` an existing store is an error.
+    Unusable files are listed in the report, not fatal.
+    """
+    from qvimclap.data import open_dataset
+
+    # 1. Inputs: dataset files, embedder, ids.
+    if items not in ITEM_SETS:
+        raise StoreError(f"items must be one of {', '.join(ITEM_SETS)}, got {items!r}")
+    dataset = open_dataset(data_path)
+    files = _dataset_files(dataset, items)
+    out_path = Path(out_path)
+    if out_path.exists() and not (resume or force):
+        raise StoreError(f"{out_path}: store already exists; pass --force to replace it or resume it")
+    embedder = load_embedder(embedder_spec)
+    fingerprint = embedder.fingerprint()
+    ids = [_item_id(path, dataset.root) for path in files]
+
+    # 2. The store: resume (matching fingerprint) or create.
+    if out_path.exists() and not force:
+        store = EmbeddingStore.open(out_path, mode="a")
+        try:
+            store.check_fingerprint(fingerprint)
+        except FingerprintMismatchError:
+            store.close()
+            raise
+    else:
+        store = EmbeddingStore.create(
+            out_path,
+            fingerprint,
+            embedder.embedding_dim,
+            force=force,
+            embedder_spec=canonical_spec(embedder_spec),
+            capacity=len(files),
+        )
+
+    # 3. Embed what is missing, batch by batch; each batch is committed before the next starts.
+    with store:
+        todo = [(i, p) for i, p in zip(ids, files, strict=True) if i not in store]
+        num_skipped = len(files) - len(todo)
+        if num_skipped:
+            logger.info("%s: resuming, %d of %d items already stored", out_path, num_skipped, len(files))
+        id_of = {p: i for i, p in todo}
+        failures: list[Failure] = []
+        num_added = 0
+        for batch in _batches([p for _, p in todo], batch_size, progress=progress, what="files"):
+            ok_paths, x, batch_failures = _embed_batch(batch, embedder, batch_size=batch_size)
+            failures.extend(batch_failures)
+            if ok_paths:
+                rows = [_metadata_row(p, dataset) for p in ok_paths]
+                store.append([id_of[p] for p in ok_paths], x, rows)
+                num_added += len(ok_paths)
+    return EmbedReport(out_path, len(files), num_added, num_skipped, tuple(failures))
+
+
+def _embed_batch(
+    paths: Sequence[Path], embedder: AudioEmbedder, *, batch_size: int
+) -> tuple[list[Path], np.ndarray, list[Failure]]:
+    """Load and embed one batch; unusable files become failures instead of errors."""
+    from qvimclap.audio import load_audio
+
+    waves, ok_paths, failures = [], [], []
+    for path in paths:
+        try:
+            waves.append(load_audio(path, embedder.sample_rate))
+            ok_paths.append(path)
+        except AudioError as err:
+            failures.append(Failure(path, str(err)))
+    if not waves:
+        return [], np.zeros((0, embedder.embedding_dim), np.float32), failures
+    try:
+        x = np.asarray(embedder.embed(waves, batch_size=batch_size), dtype=np.float32)
+    except AudioError:
+        # Some clip the loader accepted is still unusable for this embedder: isolate it file by file.
+        return _embed_one_by_one(ok_paths, waves, embedder, failures)
+    finite = np.isfinite(x).all(axis=1)
+    for i in np.flatnonzero(~finite):  # never store NaN: report the file instead
+        failures.append(Failure(ok_paths[i], "the encoder produced NaN or Inf for this clip"))
+    return [p for p, ok in zip(ok_paths, finite, strict=True) if ok], x[finite], failures
+
+
+def _embed_one_by_one(
+    paths: list[Path], waves: list[np.ndarray], embedder: AudioEmbedder, failures: list[Failure]
+) -> tuple[list[Path], np.ndarray, list[Failure]]:
+    ok_paths, rows = [], []
+    for path, wave in zip(paths, waves, strict=True):
+        try:
+            row = np.asarray(embedder.embed([wave]), dtype=np.float32)
+        except AudioError as err:
+            failures.append(Failure(path, str(err)))
+            continue
+        if not np.isfinite(row).all():
+            failures.append(Failure(path, "the encoder produced NaN or Inf for this clip"))
+            continue
+        ok_paths.append(path)
+        rows.append(row)
+    x = np.concatenate(rows) if rows else np.zeros((0, embedder.embedding_dim), np.float32)
+    return ok_paths, x, failures
+
+
+def _dataset_files(dataset: Dataset, items: str) -> list[Path]:
+    if items == "references":
+        return list(dataset.references)
+    if items == "queries":
+        return list(dataset.queries)
+    return list(dict.fromkeys([*dataset.references, *dataset.queries]))
+
+
+def _item_id(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # a pairs file may point outside its folder
+        return path.as_posix()
+
+
+def _metadata_row(path: Path, dataset: Dataset) -> dict[str, Any]:
+    from qvimclap.audio import audio_info
+
+    info = audio_info(path)
+    return {
+        "source_path": str(path),
+        "duration_s": info.duration_s,
+        "sample_rate": info.sample_rate,
+        "label": dataset.label_of(path),
+    }
+
+
+def _batches(items: list[Path], batch_size: int, *, progress: bool, what: str):
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise StoreError(f"batch_size must be at least 1, got {batch_size}")
+    with tqdm(total=len(items), unit=what, disable=not progress, leave=False) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            yield batch
+            bar.update(len(batch))
+
+
+def _checked_rows(x: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise AudioError(f"{names[0]}: the encoder produced NaN or Inf for this clip")
+    return x
+
+
+# ------------------------------------------------------------------------------------------ stores / indexes
+def open_store(path: str | Path, mode: str = "r") -> EmbeddingStore:
+    """Open an embedding store (``"r"`` to read, ``"a"`` to append); use as a context manager."""
+    return EmbeddingStore.open(path, mode=mode)
+
+
+def build_index(
+    store_path: str | Path, out_path: str | Path, *, kind: str = "flat", force: bool = False
+) -> Path:
+    """Build a FAISS index (``flat`` exact, ``hnsw`` or ``ivf``) over a store; returns the index path."""
+    return build_index_from_store(store_path, out_path, kind=kind, force=force)
+
+
+def load_index(path: str | Path) -> VectorIndex:
+    return VectorIndex.load(path)
+
+
+# ---------------------------------------------------------------------------------------------- search
+def search(
+    query: str | Path | np.ndarray,
+    index: str | Path | VectorIndex,
+    k: int = 10,
+    *,
+    encoder: str | AudioEmbedder | None = None,
+    sample_rate: int | None = None,
+) -> list[Hit]:
+    """The ``k`` nearest stored items to one query, best first.
+
+    ``query`` is an audio file path; or a waveform array together with its ``sample_rate``; or, without
+    ``sample_rate``, an embedding vector ``[D]`` already in the index's space. ``encoder`` (spec or embedder)
+    embeds audio queries; by default the one recorded with the index (imitation tower). A query encoder whose
+    vector space or dimension differs from the index's raises FingerprintMismatchError.
+    """
+    index = index if isinstance(index, VectorIndex) else VectorIndex.load(index)
+    if isinstance(query, np.ndarray) and sample_rate is None:
+        vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        return search_vectors(vector, index, k)[0]
+    embedder = _query_embedder(index, encoder)
+    check_query_space(embedder.fingerprint(), index.fingerprint)
+    if isinstance(query, np.ndarray):
+        assert sample_rate is not None
+        vector = embed_array(query, sample_rate, embedder)
+    else:
+        vector = embed_file(query, embedder)
+    return search_vectors(vector[None, :], index, k)[0]
+
+
+def search_vectors(vectors: np.ndarray, index: str | Path | VectorIndex, k: int = 10) -> list[list[Hit]]:
+    """Embeddings ``[Q, D]`` float32 -> one best-first hit list per query."""
+    index = index if isinstance(index, VectorIndex) else VectorIndex.load(index)
+    scores, rows = index.search_rows(np.atleast_2d(vectors), k)
+    return [
+        [
+            Hit(rank=r + 1, score=float(s), id=index.ids[i], path=index.paths[i])
+            for r, (s, i) in enumerate(zip(score_row, row_ids, strict=True))
+            if i >= 0
+        ]
+        for score_row, row_ids in zip(scores.tolist(), rows.tolist(), strict=True)
+    ]
+
+
+def check_query_space(query_fingerprint: Mapping[str, Any], index_fingerprint: Mapping[str, Any]) -> None:
+    """Refuse queries from an encoder whose vector ``space`` or ``dim`` differs from the index's."""
+    problems = []
+    for key in ("space", "dim"):
+        expected, got = index_fingerprint.get(key), query_fingerprint.get(key)
+        if expected != got:
+            problems.append(f"{key}: index has {expected!r}, query encoder gives {got!r}")
+    if problems:
+        raise FingerprintMismatchError(
+            "the query encoder does not embed into the index's vector space ("
+            + "; ".join(problems)
+            + "); pass --encoder with an encoder of that space, e.g. the one that built the store"
+        )
+
+
+def _query_embedder(index: VectorIndex, encoder: str | AudioEmbedder | None) -> AudioEmbedder:
+    if encoder is not None:
+        return _as_embedder(encoder)
+    if not index.embedder_spec:
+        raise StoreError("the index does not record which encoder built it; pass --encoder SPEC")
+    try:
+        return load_embedder(query_spec(index.embedder_spec))
+    except QvimclapError as err:
+        raise CheckpointError(
+            f"cannot re-create the query encoder {query_spec(index.embedder_spec)!r} recorded with the index "
+            f"({err}); pass --encoder SPEC"
+        ) from None
+
+
+__all__ = [
+    "EmbedReport",
+    "Failure",
+    "Hit",
+    "build_index",
+    "check_query_space",
+    "embed_array",
+    "embed_dataset",
+    "embed_file",
+    "embed_files",
+    "load_embedder",
+    "load_index",
+    "open_store",
+    "search",
+    "search_vectors",
+]
+
+# Alignment into CLAP space and retrieval evaluation (qvimclap align / eval-retrieval).
+from qvimclap.evaluation import RetrievalReport, evaluate_retrieval  # noqa: E402
+from qvimclap.train.align import AlignConfig, AlignResult, train_alignment  # noqa: E402
+
+__all__ += ["AlignConfig", "AlignResult", "RetrievalReport", "evaluate_retrieval", "train_alignment"]
+
+from qvimclap.generation import GenerationConfig, generate, generate_from_imitation, load_audioldm  # noqa: E402
+
+__all__ += ["GenerationConfig", "generate", "generate_from_imitation", "load_audioldm"]
+
+# Datasets, their one-pass check and the built-in corpus (qvimclap data check / synth).
+from qvimclap.data import Dataset, Pair, open_dataset, split_by_reference  # noqa: E402
+from qvimclap.data.check import CheckReport, check_dataset  # noqa: E402
+from qvimclap.data.synth import make_corpus  # noqa: E402
+
+__all__ += ["CheckReport", "Dataset", "Pair", "check_dataset", "make_corpus", "open_dataset"]
+__all__ += ["split_by_reference"]

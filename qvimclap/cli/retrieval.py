@@ -1,0 +1,85 @@
+"""``qvimclap embed``, ``index`` and ``search``: index a sound library, query it by imitation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from qvimclap.cli._app import app, user_errors
+
+
+@app.command()
+@user_errors
+def embed(
+    data: Path = typer.Argument(
+        ..., help="Dataset folder or CSV (pairs.csv, VimSketch, QVIM dev) or audio folder."
+    ),
+    encoder: str = typer.Option(
+        ...,
+        "--encoder",
+        "-e",
+        help="clap:scratch, clap:<path>, qvim:scratch:mn04, qvim:<ckpt>, <aligned dir>.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Store to write, e.g. embeddings/NAME.h5."),
+    items: str = typer.Option("references", "--items", help="references, queries or all."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Clips per forward pass (and per commit)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store instead of resuming it."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Embed a dataset into an HDF5 store; a re-run resumes, skipping what is already stored."""
+    from qvimclap.api import embed_dataset
+
+    report = embed_dataset(
+        data, encoder, out, force=force, batch_size=batch_size, items=items, progress=progress
+    )
+    typer.echo(
+        f"{report.store_path}: added {report.num_added}, already stored {report.num_skipped}, "
+        f"unusable {len(report.failures)} (of {report.num_items} files)"
+    )
+    if report.failures:
+        typer.echo(f"Skipped {len(report.failures)} unusable file(s):", err=True)
+        for failure in report.failures:
+            typer.echo(f"  {failure.reason}", err=True)
+
+
+@app.command()
+@user_errors
+def index(
+    store: Path = typer.Argument(..., help="Embedding store written by `qvimclap embed`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index file to write, e.g. indexes/NAME.faiss."),
+    kind: str = typer.Option(
+        "flat", "--kind", help="flat (exact), hnsw or ivf (approximate, large libraries)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing index file."),
+) -> None:
+    """Build a FAISS inner-product index over a store."""
+    from qvimclap.api import build_index, open_store
+
+    path = build_index(store, out, kind=kind, force=force)
+    with open_store(store) as source:
+        typer.echo(f"{path}: {kind} index of {len(source)} vectors, dim {source.dim}")
+
+
+@app.command()
+@user_errors
+def search(
+    audio: Path = typer.Argument(..., help="The query: a vocal imitation (audio file)."),
+    index_path: Path = typer.Option(..., "--index", "-i", help="Index file written by `qvimclap index`."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    encoder: str = typer.Option(
+        None, "--encoder", "-e", help="Query encoder spec (default: the one recorded with the index)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Find the stored sounds nearest to an imitation; prints rank, score, id and path."""
+    from qvimclap.api import search as api_search
+
+    hits = api_search(audio, index_path, k, encoder=encoder)
+    if as_json:
+        typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2, ensure_ascii=False))
+        return
+    typer.echo(f"{'rank':>4}  {'score':>7}  id  path")
+    for hit in hits:
+        typer.echo(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.id}  {hit.path}")

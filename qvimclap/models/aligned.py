@@ -1,0 +1,375 @@
+"""The aligned model: QVIM towers + projection heads that map audio into a frozen CLAP's 512-d audio space.
+
+An :class:`AlignedModel` holds an imitation tower and a reference tower (EfficientAT MobileNetV3 encoders,
+:class:`~qvimclap.models.qvim.QvimEncoder`; one shared module or two) and a projection head per tower (shared
+when the towers are). Both towers map ``[B, T]`` float32 mono 32 kHz to ``[B, 512]`` L2-normalised vectors in
+the space of the CLAP model whose embeddings were the training targets;
+:attr:`AlignedConfig.clap_fingerprint` records which.
+
+A saved model is a folder with ``config.json`` (everything needed to rebuild it: tower configs, head, input
+policy, CLAP source and fingerprint) and ``model.safetensors``::
+
+    model = AlignedModel.from_pretrained("runs/demo")
+    queries = model.embedder("imitation").embed([waveform_32k])  # [1, 512] float32, CLAP space
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qvimclap.audio import pad_or_crop
+from qvimclap.errors import CheckpointError
+from qvimclap.fingerprint import state_dict_sha256
+from qvimclap.models.base import l2_normalize
+from qvimclap.models.heads import HeadConfig, ProjectionHead
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "qvimclap-aligned"
+TOWERS = ("imitation", "reference")
+SAMPLE_RATE = 32000
+
+
+@dataclass(frozen=True)
+class AlignedConfig:
+    """Everything needed to rebuild an :class:`AlignedModel` (weights aside).
+
+    ``imitation_tower`` / ``reference_tower`` are QVIM encoder configs (``QvimConfig.to_dict()``);
+    ``reference_tower`` is None when the towers share one module. ``clip_duration_s`` is the input policy:
+    every clip is zero-padded or cut (keeping its start) to this many seconds before the towers.
+    ``clap_fingerprint`` is the fingerprint of the CLAP embedder that produced the targets; its ``space`` is
+    the space this model's embeddings live in.
+    """
+
+    imitation_tower: dict[str, Any]
+    head: dict[str, Any]
+    reference_tower: dict[str, Any] | None = None
+    clip_duration_s: float = 10.0
+    clap_source: str = "scratch"
+    clap_preprocessing: str = "audioldm"
+    clap_fingerprint: dict[str, Any] = field(default_factory=dict)
+    qvim_source: str = "scratch:mn04"
+
+    def __post_init__(self) -> None:
+        if self.clip_duration_s <= 0:
+            raise CheckpointError(f"clip_duration_s must be > 0, got {self.clip_duration_s}")
+        HeadConfig.from_dict(self.head)  # validates early
+
+    @property
+    def shared_towers(self) -> bool:
+        return self.reference_tower is None
+
+    @property
+    def space(self) -> str:
+        return str(self.clap_fingerprint.get("space", "clap:unknown"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlignedConfig:
+        data = dict(data)
+        model_type = data.pop("model_type", None)
+        if model_type != MODEL_TYPE:
+            raise CheckpointError(f"config is of model_type {model_type!r}, expected {MODEL_TYPE!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"aligned model config has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _qvim():
+    # Imported here: the QVIM encoder module is heavy-ish and this file is imported by light callers.
+    from qvimclap.models import qvim
+
+    return qvim
+
+
+def _build_tower(config: dict[str, Any]) -> nn.Module:
+    qvim = _qvim()
+    return qvim.QvimEncoder(qvim.QvimConfig.from_dict(config))
+
+
+def _tower_config(encoder: nn.Module, duration_s: float) -> dict[str, Any]:
+    # The tower's own input policy is set to the aligned model's, so a tower saved on its own behaves the
+    # same.
+    return {**encoder.config.to_dict(), "duration_s": float(duration_s)}
+
+
+def _tower_dim(encoder: nn.Module) -> int:
+    return int(encoder.embedding_dim)
+
+
+def _tower_name(config: dict[str, Any] | None) -> str:
+    return _qvim().QvimConfig.from_dict(config).mn.name if config else "mn"
+
+
+def _pooled(encoder: nn.Module, waveforms: torch.Tensor) -> torch.Tensor:
+    """The QVIM encoder's pooled embedding ``[B, D]`` without its AudioSet classifier (unused here: skipping
+    it saves time and leaves no parameter without a gradient, which DistributedDataParallel would refuse)."""
+    mel = encoder.mel(waveforms)  # [B, n_mels, frames]
+    return encoder.mn.forward_features(mel.unsqueeze(1)).mean(dim=(2, 3))  # [B, D, F', T'] -> [B, D]
+
+
+class AlignedModel(nn.Module):
+    """QVIM towers + heads into CLAP space. ``forward`` is the training step's model call."""
+
+    def __init__(self, config: AlignedConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.imitation_tower = _build_tower(config.imitation_tower)
+        self.imitation_head = ProjectionHead(HeadConfig.from_dict(config.head))
+        if config.shared_towers:
+            self.reference_tower, self.reference_head = self.imitation_tower, self.imitation_head
+        else:
+            self.reference_tower = _build_tower(config.reference_tower)  # type: ignore[arg-type]
+            self.reference_head = ProjectionHead(HeadConfig.from_dict(config.head))
+        for tower in (self.imitation_tower, self.reference_tower):
+            tower.mn.classifier.requires_grad_(False)  # kept for strict loading, never trained
+
+    @classmethod
+    def from_towers(
+        cls,
+        imitation_tower: nn.Module,
+        reference_tower: nn.Module | None,
+        *,
+        head: HeadConfig | dict[str, Any] | str = "linear",
+        clip_duration_s: float = 10.0,
+        clap_source: str = "scratch",
+        clap_preprocessing: str = "audioldm",
+        clap_fingerprint: dict[str, Any] | None = None,
+        qvim_source: str = "scratch:mn04",
+    ) -> AlignedModel:
+        """Wrap existing QVIM encoders (their weights are kept); ``reference_tower=None`` shares the
+        imitation one.
+
+        ``head`` is a :class:`HeadConfig`, its dict, or a kind (``"linear"``/``"mlp"``) sized to the towers.
+        """
+        in_dim = _tower_dim(imitation_tower)
+        if reference_tower is not None and _tower_dim(reference_tower) != in_dim:
+            raise CheckpointError(
+                f"imitation and reference towers differ in embedding size ({in_dim} vs "
+                f"{_tower_dim(reference_tower)}); use towers of the same width"
+            )
+        if isinstance(head, str):
+            head = HeadConfig(in_dim=in_dim, kind=head)
+        head_dict = head.to_dict() if isinstance(head, HeadConfig) else dict(head)
+        config = AlignedConfig(
+            imitation_tower=_tower_config(imitation_tower, clip_duration_s),
+            reference_tower=None
+            if reference_tower is None
+            else _tower_config(reference_tower, clip_duration_s),
+            head=head_dict,
+            clip_duration_s=clip_duration_s,
+            clap_source=clap_source,
+            clap_preprocessing=clap_preprocessing,
+            clap_fingerprint=dict(clap_fingerprint or {}),
+            qvim_source=qvim_source,
+        )
+        model = cls(config)
+        model.imitation_tower.load_state_dict(imitation_tower.state_dict())
+        if reference_tower is not None:
+            model.reference_tower.load_state_dict(reference_tower.state_dict())
+        return model
+
+    # -- model calls -----------------------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.config.head["out_dim"])
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.config.clip_duration_s * SAMPLE_RATE))
+
+    def encode(self, waveforms: torch.Tensor, tower: str = "imitation") -> torch.Tensor:
+        """``[B, T]`` float32 mono 32 kHz -> ``[B, 512]`` float32 L2-normalised, through one tower."""
+        if tower not in TOWERS:
+            raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
+        encoder = self.imitation_tower if tower == "imitation" else self.reference_tower
+        head = self.imitation_head if tower == "imitation" else self.reference_head
+        return nn.functional.normalize(head(_pooled(encoder, waveforms)), dim=-1, eps=1e-8)
+
+    def forward(
+        self, imitations: torch.Tensor, references: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embed a training batch: ``[B, T]`` imitations and (optionally) ``[B, T]`` references -> two ``[B,
+        512]``.
+
+        With shared towers both halves go through the encoder as one ``[2B, T]`` batch (one call, same
+        weights).
+        """
+        if references is None:
+            return self.encode(imitations, "imitation"), None
+        if self.config.shared_towers and imitations.shape[1] == references.shape[1]:
+            both = self.encode(torch.cat([imitations, references]), "imitation")  # [2B, 512]
+            return both[: len(imitations)], both[len(imitations) :]
+        return self.encode(imitations, "imitation"), self.encode(references, "reference")
+
+    def prepare_batch(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
+        """Apply the input policy: zero-pad or cut (keep the start) to ``clip_duration_s``; ``[B, T]``
+        float32."""
+        batch = np.stack([pad_or_crop(np.asarray(w, dtype=np.float32), self.num_samples) for w in waveforms])
+        return torch.from_numpy(batch)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group, for per-group gradient norms: ``head``, ``imitation_tower``,
+        ``reference_tower``."""
+        groups = {
+            "head": _trainable(self.imitation_head),
+            "imitation_tower": _trainable(self.imitation_tower),
+        }
+        if not self.config.shared_towers:
+            groups["head"] += _trainable(self.reference_head)
+            groups["reference_tower"] = _trainable(self.reference_tower)
+        return groups
+
+    def embedder(self, tower: str = "imitation") -> AlignedEmbedder:
+        """An :class:`~qvimclap.models.base.AudioEmbedder` over one tower (evaluation mode, no gradients)."""
+        if tower not in TOWERS:
+            raise CheckpointError(f"tower must be one of {', '.join(TOWERS)}, got {tower!r}")
+        return AlignedEmbedder(self, tower)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_dir: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``save_dir`` (each written atomically)."""
+        from safetensors.torch import save_file
+
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(self).items()}
+        tmp = save_dir / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        tmp.replace(save_dir / WEIGHTS_NAME)
+        tmp = save_dir / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(save_dir / CONFIG_NAME)
+        return save_dir
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path) -> AlignedModel:
+        """Load a folder written by :meth:`save_pretrained`; strict: missing or unexpected keys raise."""
+        from safetensors.torch import load_file
+
+        source = Path(source)
+        config_path, weights_path = source / CONFIG_NAME, source / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise CheckpointError(
+                f"{source}: not an aligned model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
+                "train one with `qvimclap align`"
+            )
+        try:
+            config = AlignedConfig.from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CheckpointError(f"{config_path}: not a valid aligned model config ({err})") from None
+        model = cls(config)
+        state = load_file(str(weights_path))
+        expected = set(_unique_state_dict(model))
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights_path}: weights do not match the config (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}); the folder is damaged or from another version"
+            )
+        model.load_state_dict(state, strict=False)  # shared towers: the alias keys are the same tensors
+        model.eval()
+        return model
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _unique_state_dict(model: AlignedModel) -> dict[str, torch.Tensor]:
+    """The state_dict without the alias keys of shared towers (``reference_*`` point at ``imitation_*``)."""
+    state = model.state_dict()
+    if model.config.shared_towers:
+        state = {k: v for k, v in state.items() if not k.startswith(("reference_tower.", "reference_head."))}
+    return state
+
+
+def is_aligned_model_dir(path: str | Path) -> bool:
+    """True when ``path`` is a folder holding an aligned model's ``config.json``."""
+    config_path = Path(path) / CONFIG_NAME
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text()).get("model_type") == MODEL_TYPE
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+class AlignedEmbedder:
+    """One tower of an :class:`AlignedModel` as an :class:`~qvimclap.models.base.AudioEmbedder` (CLAP
+    space)."""
+
+    def __init__(self, model: AlignedModel, tower: str) -> None:
+        self.model = model
+        self.tower = tower
+        self.sample_rate = SAMPLE_RATE
+        self.embedding_dim = model.embedding_dim
+        self._fingerprint: dict[str, Any] | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            from qvimclap import __version__
+
+            model = self.model
+            encoder = model.imitation_tower if self.tower == "imitation" else model.reference_tower
+            head = model.imitation_head if self.tower == "imitation" else model.reference_head
+            weights = {f"tower.{k}": v for k, v in encoder.state_dict().items()}
+            weights.update({f"head.{k}": v for k, v in head.state_dict().items()})
+            tower_config = (
+                model.config.imitation_tower if self.tower == "imitation" else model.config.reference_tower
+            )
+            self._fingerprint = {
+                "encoder": "aligned",
+                "model": f"{_tower_name(tower_config)}+{model.config.head['kind']}",
+                "weights_sha256": state_dict_sha256(weights),
+                "preprocessing": {
+                    "sample_rate": SAMPLE_RATE,
+                    "clip_duration_s": model.config.clip_duration_s,
+                    "pad": "zero-end",
+                    "crop": "start",
+                    "tower": tower_config,
+                },
+                "dim": self.embedding_dim,
+                "space": model.config.space,
+                "clap_source": model.config.clap_source,
+                "qvimclap_version": __version__,
+            }
+        return dict(self._fingerprint)
+
+    @torch.no_grad()
+    def embed(self, waveforms: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
+        """float32 mono ``[T]`` arrays at 32 kHz -> ``[N, 512]`` float32 L2-normalised, in input order."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = []
+            for start in range(0, len(waveforms), batch_size):
+                batch = self.model.prepare_batch(waveforms[start : start + batch_size])
+                out.append(self.model.encode(batch, self.tower).cpu().numpy())
+        finally:
+            self.model.train(was_training)
+        if not out:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        embeddings = np.concatenate(out).astype(np.float32)
+        if not np.isfinite(embeddings).all():
+            raise CheckpointError("the aligned model produced non-finite embeddings; its weights are damaged")
+        return l2_normalize(embeddings)

@@ -1,0 +1,150 @@
+"""Alignment losses between the three embeddings of a training pair.
+
+For each pair (imitation, reference) a batch holds three ``[B, D]`` embeddings:
+
+- ``imitation``: the imitation tower + head on the vocal imitation (trained),
+- ``reference``: the reference tower + head on the imitated sound (trained),
+- ``clap``: frozen CLAP on the imitated sound (the target; precomputed, no gradient).
+
+Three pairs are compared, each with its own weight: imitation-clap, reference-clap, imitation-reference.
+Two forms:
+
+- ``"cosine"``: ``1 - cos(a_i, b_i)`` averaged over the batch (the project log's three cosine losses). It
+  only pulls matched pairs together, so nothing stops different sounds sharing an embedding.
+- ``"infonce"``: cross-entropy over in-batch similarities ``a_i . b_j / temperature`` with the matched pair
+  as the class (the QVIM baseline's loss), optionally in both directions. Rows that share a reference are
+  positives of each other, so they are removed from each other's negatives (a batch may hold several
+  imitations of one sound).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from qvimclap.errors import QvimclapError
+
+LOSS_KINDS = ("infonce", "cosine")
+#: The three compared pairs, in the order they are logged.
+TERMS = ("imitation_clap", "reference_clap", "imitation_reference")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss, and how much each pair counts. A zero weight skips that term entirely.
+
+    ``clap_temperature`` is the InfoNCE temperature of the two terms against CLAP targets, ``temperature`` that
+    of the imitation-reference term. CLAP embeddings of different sounds can sit in a narrow cone (a random
+    CLAP's have mean cosine 0.996 on the built-in corpus), so the CLAP terms need a sharper softmax; 0.01 is
+    also where CLIP/CLAP's own learned temperature ends up.
+    """
+
+    kind: str = "infonce"
+    imitation_clap: float = 1.0
+    reference_clap: float = 1.0
+    imitation_reference: float = 1.0
+    temperature: float = 0.07
+    clap_temperature: float = 0.01
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise QvimclapError(f"loss kind {self.kind!r} is not known; use one of {', '.join(LOSS_KINDS)}")
+        weights = self.weights()
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise QvimclapError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
+        if self.temperature <= 0 or self.clap_temperature <= 0:
+            raise QvimclapError(
+                f"loss temperatures must be > 0, got {self.temperature} and {self.clap_temperature}"
+            )
+
+    def weights(self) -> dict[str, float]:
+        return {term: float(getattr(self, term)) for term in TERMS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QvimclapError(f"loss config has unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+def cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos(a_i, b_i)`` over matched rows of ``[B, D]`` tensors; 0 when aligned, 2 when opposite."""
+    return (1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)).mean()
+
+
+def info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    temperature: float = 0.07,
+    symmetric: bool = True,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE with in-batch negatives between matched rows of ``[B, D]`` tensors.
+
+    Rows are L2-normalised here. ``groups`` (``[B]`` integers, e.g. the reference index) marks rows that are
+    positives of each other: those off-diagonal similarities are masked out of the negatives. With
+    ``symmetric`` the a->b and b->a cross-entropies are averaged.
+    """
+    a = F.normalize(a, dim=-1, eps=1e-8)
+    b = F.normalize(b, dim=-1, eps=1e-8)
+    logits = a @ b.T / temperature  # [B, B]
+    if groups is not None:
+        same = groups[:, None] == groups[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(a.shape[0], device=a.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
+    return loss
+
+
+def alignment_loss(
+    imitation: torch.Tensor,
+    reference: torch.Tensor | None,
+    clap: torch.Tensor,
+    config: LossConfig,
+    *,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the configured terms, and each unweighted term (detached) for logging.
+
+    ``imitation``, ``reference`` and ``clap`` are ``[B, D]`` float32; ``reference`` may be None when both
+    terms that use it have weight 0 (the reference tower is then not run at all).
+    """
+    pairs = {
+        "imitation_clap": (imitation, clap),
+        "reference_clap": (reference, clap),
+        "imitation_reference": (imitation, reference),
+    }
+    total = imitation.new_zeros(())
+    terms: dict[str, torch.Tensor] = {}
+    for name, weight in config.weights().items():
+        if weight == 0:
+            continue
+        a, b = pairs[name]
+        assert a is not None and b is not None, f"loss term {name} needs the reference embeddings"
+        if config.kind == "cosine":
+            value = cosine_loss(a, b)
+        else:
+            temperature = config.clap_temperature if name.endswith("_clap") else config.temperature
+            value = info_nce(a, b, temperature=temperature, symmetric=config.symmetric, groups=groups)
+        terms[name] = value.detach()
+        total = total + weight * value
+    return total, terms
+
+
+def needs_reference(config: LossConfig) -> bool:
+    """Whether any term uses the reference tower's embeddings."""
+    return config.reference_clap > 0 or config.imitation_reference > 0

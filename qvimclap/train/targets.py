@@ -1,0 +1,110 @@
+"""CLAP targets: the frozen CLAP embedding of every reference, computed once per dataset and reused.
+
+Training never runs CLAP per step. The first run on a dataset embeds its unique references with CLAP into an
+HDF5 :class:`~qvimclap.store.EmbeddingStore` named after the CLAP fingerprint (``clap-<fingerprint id>.h5``)
+under a cache folder; later runs (and evaluation) read it, embedding only references that are not in it yet. A
+different CLAP model, checkpoint or preprocessing has a different fingerprint and so a different file:
+targets of two CLAP spaces are never mixed.
+
+References are read whole at CLAP's sample rate (never zero-padded by us: padding a clip before CLAP was one
+of the project log's causes of NaN embeddings); the CLAP embedder applies its own length policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qvimclap.audio import load_audio
+from qvimclap.errors import CheckpointError, StoreError
+from qvimclap.fingerprint import fingerprint_id
+from qvimclap.models.base import AudioEmbedder
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = ".qvimclap-cache"
+
+
+def default_cache_dir(data_root: Path, fallback: Path | None) -> Path | None:
+    """``<data_root>/.qvimclap-cache`` when the data folder is writable, else ``fallback``."""
+    data_root = Path(data_root)
+    if os.access(data_root, os.W_OK):
+        return data_root / CACHE_DIR_NAME
+    return fallback
+
+
+def targets_path(cache_dir: Path, clap_fingerprint: dict) -> Path:
+    """Where the targets of one CLAP fingerprint live."""
+    return Path(cache_dir) / f"clap-{fingerprint_id(clap_fingerprint)}.h5"
+
+
+def reference_id(path: Path, root: Path) -> str:
+    """The store id of a reference: its path relative to the dataset root, with ``/`` separators.
+
+    Symbolic links are kept as they are (not resolved), so a corpus whose folders are links still gets ids
+    relative to its own root.
+    """
+    path, root = Path(path).absolute(), Path(root).absolute()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def clap_targets(
+    references: Sequence[Path],
+    clap: AudioEmbedder,
+    *,
+    root: Path,
+    cache_dir: Path,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """CLAP embeddings of ``references`` (``[R, D]`` float32, L2-normalised, in the given order), via the
+    cache.
+
+    Missing references are embedded and appended to the cache store first; cached rows are reused as they are.
+    Raises :class:`CheckpointError` if CLAP returns non-finite vectors (they are never written).
+    """
+    from qvimclap.store import EmbeddingStore
+
+    fingerprint = clap.fingerprint()
+    path = targets_path(cache_dir, fingerprint)
+    ids = [reference_id(p, root) for p in references]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        EmbeddingStore.create(path, fingerprint, clap.embedding_dim).close()
+    with EmbeddingStore.open(path, mode="r") as store:
+        _check_fingerprint(store.fingerprint, fingerprint, path)
+        have = set(store.ids)
+    todo = [(i, p) for i, p in zip(ids, references, strict=True) if i not in have]
+    if todo:  # only then open for writing: readers (other ranks, evaluation) never take the write lock
+        logger.info("embedding %d references with CLAP into %s", len(todo), path)
+        with EmbeddingStore.open(path, mode="a") as store:
+            for start in range(0, len(todo), 64):
+                _embed_chunk(store, todo[start : start + 64], clap, batch_size)
+    with EmbeddingStore.open(path, mode="r") as store:
+        return np.asarray(store.get(ids), dtype=np.float32)
+
+
+def _embed_chunk(store, chunk: list[tuple[str, Path]], clap: AudioEmbedder, batch_size: int) -> None:
+    waveforms = [load_audio(p, clap.sample_rate) for _, p in chunk]
+    embeddings = np.asarray(clap.embed(waveforms, batch_size=batch_size), dtype=np.float32)
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        names = ", ".join(str(p) for (_, p), b in zip(chunk, bad, strict=True) if b)
+        raise CheckpointError(f"CLAP produced non-finite embeddings for: {names}; check these files")
+    store.append([i for i, _ in chunk], embeddings, [{"source_path": str(p)} for _, p in chunk])
+
+
+def _check_fingerprint(stored: dict, expected: dict, path: Path) -> None:
+    from qvimclap.fingerprint import fingerprint_differences
+
+    diff = fingerprint_differences(stored, expected)
+    if diff:
+        raise StoreError(
+            f"{path}: cached CLAP targets were made by another model ({'; '.join(diff)}); delete it"
+        )
