@@ -46,7 +46,7 @@ class PeerCNN(nn.Module):
     """Log-mel ``[B, 128, frames]`` -> ``[B, 128]``: four conv3x3-BN-ReLU-maxpool blocks, mean pool,
     linear."""
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256), dim: int = 128) -> None:
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128), dim: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = 1
@@ -150,10 +150,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the default align epochs (for quick checks)")
     parser.add_argument("--set", action="append", default=[], help="override an AlignConfig field: name=json")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--corpus", type=Path, help="use this pairs corpus instead of making one")
     args = parser.parse_args()
 
     # 1. corpus and split (the same split align makes)
-    corpus = args.work / f"corpus-{args.refs}x{args.imitations}-s{args.seed}"
+    corpus = args.corpus or args.work / f"corpus-{args.refs}x{args.imitations}-s{args.seed}"
     start = time.monotonic()
     if not (corpus / "pairs.csv").is_file():
         make_corpus(

@@ -29,12 +29,50 @@ REFERENCE = (
 )
 
 
-def build_components(config_path: Path) -> dict:
-    """Real-size UNet, VAE, vocoder and DDIM scheduler from the published configs, with random weights."""
+#: Tiny components (same structure) for timing the glue: with them, compute is small and the difference
+#: between the two paths, which share every tensor operation, is what is left.
+TINY = {
+    "unet": {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "cross_attention_dim": [8, 16],
+        "class_embed_type": "simple_projection",
+        "projection_class_embeddings_input_dim": 512,
+        "class_embeddings_concat": True,
+    },
+    "vae": {
+        "block_out_channels": [8, 16],
+        "in_channels": 1,
+        "out_channels": 1,
+        "norm_num_groups": 8,
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "latent_channels": 4,
+    },
+    "vocoder": {
+        "model_in_dim": 16,
+        "sampling_rate": 16000,
+        "upsample_initial_channel": 16,
+        "upsample_rates": [5, 4, 8],
+        "upsample_kernel_sizes": [10, 8, 16],
+        "resblock_kernel_sizes": [3],
+        "resblock_dilation_sizes": [[1, 3, 5]],
+        "normalize_before": False,
+    },
+}
+
+
+def build_components(ref: dict) -> dict:
+    """UNet, VAE, vocoder and DDIM scheduler config from component configs, with random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-    ref = json.loads(config_path.read_text())
     strip = lambda d: {k: v for k, v in d.items() if k != "class"}  # noqa: E731
     torch.manual_seed(0)
     return {
@@ -53,6 +91,30 @@ def stand_in_text_encoder():
     return ClapTextModelWithProjection(config).eval()
 
 
+def make_paths(parts: dict, source: str):
+    """qvimclap's AudioLdm and the bare diffusers pipeline over the SAME component objects."""
+    from diffusers import AudioLDMPipeline
+
+    from qvimclap.generation import AudioLdm
+
+    ldm = AudioLdm(parts["unet"], parts["vae"], parts["vocoder"], parts["scheduler_config"], source=source)
+    pipe = AudioLDMPipeline(vae=ldm.vae, text_encoder=stand_in_text_encoder(), tokenizer=None, unet=ldm.unet,
+                            scheduler=ldm.make_scheduler("ddim"), vocoder=ldm.vocoder)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return ldm, pipe
+
+
+def glue_overhead_s(ref: dict, condition, null, repeats: int) -> float:
+    """Median over paired (interleaved) calls of qvimclap's time minus the pipeline's; tiny components."""
+    ldm, pipe = make_paths(build_components({**ref, **TINY}), "tiny")
+    run_case(ldm, pipe, condition, null, 0.5, 10, 2)  # warm-up
+    diffs = []
+    for _ in range(repeats):
+        r = run_case(ldm, pipe, condition, null, 0.5, 10, 1)
+        diffs.append(r["ours_s"] - r["bare_s"])
+    return float(np.median(diffs))
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
@@ -61,12 +123,12 @@ def run_case(ldm, pipe, condition, null, duration_s: float, steps: int, repeats:
     from qvimclap.generation import GenerationConfig, generate
 
     config = GenerationConfig(duration_s=duration_s, num_steps=steps, guidance_scale=2.5, seed=0)
-    timings: dict[str, list[float]] = {"bare": [], "ours": [], "step": []}
+    timings: dict[str, list[float]] = {"bare": [], "ours": [], "step": [], "bare_cpu": [], "ours_cpu": []}
     outputs: dict[str, np.ndarray] = {}
 
     def bare() -> None:
         pipe.scheduler = ldm.make_scheduler("ddim")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         outputs["bare"] = pipe(
             prompt_embeds=torch.from_numpy(condition)[None],
             negative_prompt_embeds=torch.from_numpy(null)[None],
@@ -76,10 +138,11 @@ def run_case(ldm, pipe, condition, null, duration_s: float, steps: int, repeats:
             generator=torch.Generator().manual_seed(0),
         ).audios
         timings["bare"].append(time.perf_counter() - start)
+        timings["bare_cpu"].append(time.process_time() - cpu)
 
     def ours() -> None:
         stamps: list[float] = []
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         outputs["ours"] = generate(
             ldm,
             condition,
@@ -88,6 +151,7 @@ def run_case(ldm, pipe, condition, null, duration_s: float, steps: int, repeats:
             on_step=lambda i, n: stamps.append(time.perf_counter()),
         )
         timings["ours"].append(time.perf_counter() - start)
+        timings["ours_cpu"].append(time.process_time() - cpu)
         timings["step"].append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
 
     for repeat in range(repeats):  # alternate who goes first, so drift in machine load hits both alike
@@ -104,6 +168,7 @@ def run_case(ldm, pipe, condition, null, duration_s: float, steps: int, repeats:
         "bare_s": bare,
         "ours_s": ours,
         "overhead": ours / bare - 1.0,
+        "overhead_cpu": min(timings["ours_cpu"]) / min(timings["bare_cpu"]) - 1.0,
         "s_per_audio_s": ours / duration_s,
         "per_step_s": per_step,
         "est50_s": ours - steps * per_step + 50 * per_step,
@@ -120,43 +185,57 @@ def main() -> None:
         "--repeats", type=int, default=2, help="interleaved repeats per case; the minimum counts"
     )
     parser.add_argument("--config", type=Path, default=REFERENCE)
+    parser.add_argument("--glue-only", action="store_true", help="only the glue measurement (seconds)")
+    parser.add_argument(
+        "--glue-repeats", type=int, default=30, help="paired tiny-model calls for the glue cost"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffusers import AudioLDMPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from qvimclap.generation import AudioLdm, normalize_condition
+    from qvimclap.generation import normalize_condition
 
     diffusers_logging.set_verbosity_error()
     start = time.perf_counter()
-    parts = build_components(args.config)
-    ldm = AudioLdm(
-        parts["unet"], parts["vae"], parts["vocoder"], parts["scheduler_config"], source="random AudioLDM-S"
-    )
-    pipe = AudioLDMPipeline(vae=ldm.vae, text_encoder=stand_in_text_encoder(), tokenizer=None, unet=ldm.unet,
-                            scheduler=ldm.make_scheduler("ddim"), vocoder=ldm.vocoder)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    build_s = time.perf_counter() - start
+    ref = json.loads(args.config.read_text())
     rng = np.random.default_rng(0)
     condition = normalize_condition(rng.standard_normal(512).astype(np.float32))
     null = normalize_condition(rng.standard_normal(512).astype(np.float32))
+    if args.glue_only:
+        glue = glue_overhead_s(ref, condition, null, args.glue_repeats)
+        print(f"glue overhead: {1000 * glue:+.2f} ms per call (median of {args.glue_repeats} paired calls)")
+        return
+    ldm, pipe = make_paths(build_components(ref), "random AudioLDM-S")
+    build_s = time.perf_counter() - start
     run_case(ldm, pipe, condition, null, 0.4, 2, 1)  # warm-up: allocator, kernels
 
     cases = [(5.0, 10), (10.0, 10)] + ([(5.0, 50), (10.0, 50)] if args.full else [])
     print(f"AudioLDM-S real size, random weights, fp32 CPU, {args.threads} threads, guidance 2.5 (batch 2), "
           f"1 candidate, DDIM; build {build_s:.1f} s; min of {args.repeats} interleaved runs\n")  # fmt: skip
-    print("| audio | steps | diffusers pipeline | qvimclap | overhead | s per audio s | per step | "
-          "50 steps (est.) | peak RSS | max abs diff |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| audio | steps | diffusers pipeline | qvimclap | overhead (wall) | overhead (CPU time) | "
+          "s per audio s | per step | 50 steps (est.) | peak RSS | max abs diff |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = []
     for duration_s, steps in cases:  # each row is printed as soon as it is measured
         r = run_case(ldm, pipe, condition, null, duration_s, steps, args.repeats)
+        rows.append(r)
         est = "measured" if r["steps"] == 50 else f"{r['est50_s']:.1f} s"
         print(f"| {r['duration_s']:.0f} s | {r['steps']} | {r['bare_s']:.2f} s | {r['ours_s']:.2f} s | "
-              f"{100 * r['overhead']:+.1f}% | {r['s_per_audio_s']:.2f} | {r['per_step_s']:.3f} s | {est} | "
+              f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_cpu']:+.1f}% | {r['s_per_audio_s']:.2f} | "
+              f"{r['per_step_s']:.3f} s | {est} | "
               f"{r['peak_rss_gb']:.2f} GB | {r['max_abs_diff']:.1e} |", flush=True)  # fmt: skip
-    print("\npeak RSS is the process's high-water mark up to that row; '50 steps (est.)' = measured total "
-          "- steps x per-step + 50 x per-step (an extrapolation, not a measurement).")  # fmt: skip
+    print("\nTimes are wall clock, min of the repeats. CPU-time overhead compares process CPU seconds, "
+          "which other processes on a shared machine disturb far less than wall time. Peak RSS is the "
+          "process's high-water mark up to that row; '50 steps (est.)' = measured total - steps x per-step "
+          "+ 50 x per-step (an extrapolation, not a measurement).")  # fmt: skip
+    glue = glue_overhead_s(ref, condition, null, args.glue_repeats)
+    shares = ", ".join(
+        f"{100 * glue / r['bare_s']:+.3f}% of the {r['duration_s']:.0f} s / {r['steps']}-step call"
+        for r in rows
+    )
+    print(f"\nGlue overhead (qvimclap minus diffusers, same components; median of {args.glue_repeats} paired "
+          f"tiny-model calls): {1000 * glue:+.2f} ms per call = {shares} above.")  # fmt: skip
 
 
 if __name__ == "__main__":

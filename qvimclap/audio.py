@@ -75,9 +75,7 @@ def load_audio(
         raise AudioError(f"{info.path}: audio data cannot be decoded ({_first_line(err)})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{info.path}: contains no audio samples")
-    return prepare_waveform(
-        data, native_rate, sample_rate, source=str(info.path), allow_silent=allow_silent
-    )
+    return prepare_waveform(data, native_rate, sample_rate, source=str(info.path), allow_silent=allow_silent)
 
 
 def prepare_waveform(
@@ -135,7 +133,7 @@ def pad_or_crop(x: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def repeat_pad(x: np.ndarray, num_samples: int) -> np.ndarray:
-    """Tile ``x`` until it is ``num_samples`` long (cropping the last repeat); longer inputs keep their start."""
+    """Tile ``x`` to ``num_samples`` (cropping the last repeat); longer inputs keep their start."""
     if x.shape[-1] == 0:
         raise AudioError("cannot repeat-pad an empty clip")
     if x.shape[-1] >= num_samples:

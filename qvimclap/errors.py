@@ -17,7 +17,7 @@ class AudioError(QvimclapError):
 
 
 class SilentAudioError(AudioError):
-    """The audio is all silence (see ``qvimclap.audio.SILENCE_PEAK_DBFS``); callers decide whether to skip it."""
+    """The audio is all silence (``qvimclap.audio.SILENCE_PEAK_DBFS``); callers decide whether to skip it."""
 
 
 class DatasetError(QvimclapError):

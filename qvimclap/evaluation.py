@@ -150,10 +150,10 @@ def evaluate_retrieval(
 
     ``data`` is a dataset folder or a :class:`~qvimclap.data.Dataset`. ``model`` is an aligned model folder
     (or ``aligned:<dir>``, or an :class:`~qvimclap.models.aligned.AlignedModel`), with ``space="qvim"`` a
-    plain QVIM checkpoint (``qvim:<source>`` or a path), or a ``(query, reference)`` pair of embedders. Queries always go through the imitation tower. In
-    ``"clap"`` space the references are embedded by CLAP (``clap``: an embedder or CLAP source; default the
-    model's recorded CLAP), reusing the cached training targets when ``cache_dir`` holds them; in ``"qvim"``
-    space by the model's reference tower.
+    plain QVIM checkpoint (``qvim:<source>`` or a path), or a ``(query, reference)`` pair of embedders.
+    Queries always go through the imitation tower. In ``"clap"`` space the references are embedded by CLAP
+    (``clap``: an embedder or CLAP source; default the model's recorded CLAP), reusing the cached training
+    targets when ``cache_dir`` holds them; in ``"qvim"`` space by the model's reference tower.
     """
     from qvimclap.errors import QvimclapError
 

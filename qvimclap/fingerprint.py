@@ -1,4 +1,4 @@
-"""Fingerprints: what produced an embedding (model, weights, preprocessing), so mismatched vectors are refused.
+"""Fingerprints: what produced an embedding (model, weights, preprocessing), so mismatches are refused.
 
 A fingerprint is a flat JSON-able ``dict`` with at least ``encoder``, ``weights_sha256``, ``preprocessing``
 and ``dim``. Two fingerprints are compatible when they agree on every key except those in ``IGNORED_KEYS``.

@@ -49,12 +49,14 @@ def test_info_nce_masks_rows_of_the_same_reference():
 def test_alignment_loss_weights_and_terms():
     torch.manual_seed(0)
     im, ref, clap = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
-    config = LossConfig(kind="cosine", imitation_clap=2.0, reference_clap=0.0, imitation_reference=0.5)
+    config = LossConfig(
+        kind="cosine", imitation_clap=2.0, reference_clap=0.0, imitation_reference=0.5, center=False
+    )
     total, terms = alignment_loss(im, ref, clap, config)
     assert set(terms) == {"imitation_clap", "imitation_reference"}
     expected = 2.0 * cosine_loss(im, clap) + 0.5 * cosine_loss(im, ref)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
-    only_clap = LossConfig(reference_clap=0.0, imitation_reference=0.0)
+    only_clap = LossConfig(reference_clap=0.0, imitation_reference=0.0, center=False)
     assert not needs_reference(only_clap)
     total, terms = alignment_loss(im, None, clap, only_clap)
     assert set(terms) == {"imitation_clap"}
@@ -87,7 +89,7 @@ def test_projection_heads_shapes_and_config(kind):
 def test_clap_terms_use_their_own_temperature():
     torch.manual_seed(1)
     im, ref, clap = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
-    config = LossConfig(temperature=0.2, clap_temperature=0.05)
+    config = LossConfig(temperature=0.2, clap_temperature=0.05, center=False)
     total, terms = alignment_loss(im, ref, clap, config)
     expected = {
         "imitation_clap": info_nce(im, clap, temperature=0.05),
@@ -97,3 +99,19 @@ def test_clap_terms_use_their_own_temperature():
     for name, value in expected.items():
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-6)
     assert total.item() == pytest.approx(sum(v.item() for v in expected.values()), rel=1e-6)
+
+
+def test_centered_loss_compares_deviations_from_the_mean_target():
+    torch.manual_seed(2)
+    mean = torch.randn(8)
+    im, ref, clap = (
+        mean + 0.1 * torch.randn(4, 8),
+        mean + 0.1 * torch.randn(4, 8),
+        mean + 0.1 * torch.randn(4, 8),
+    )
+    config = LossConfig(center=True, clap_temperature=0.07, imitation_reference=0.0, reference_clap=0.0)
+    total, _ = alignment_loss(im, ref, clap, config, center=mean)
+    assert total.item() == pytest.approx(info_nce(im - mean, clap - mean, temperature=0.07).item(), rel=1e-6)
+    # a constant shift of every vector changes nothing once centred on the shifted mean
+    shifted, _ = alignment_loss(im + 3.0, ref + 3.0, clap + 3.0, config, center=mean + 3.0)
+    assert shifted.item() == pytest.approx(total.item(), rel=1e-5)

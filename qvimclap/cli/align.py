@@ -68,7 +68,15 @@ def align(
         _loss_default("imitation_reference"), "--w-imitation-reference"
     ),
     temperature: float = typer.Option(
-        _loss_default("temperature"), "--temperature", help="InfoNCE temperature."
+        _loss_default("temperature"), "--temperature", help="InfoNCE temperature, imitation-reference term."
+    ),
+    clap_temperature: float = typer.Option(
+        _loss_default("clap_temperature"),
+        "--clap-temperature",
+        help="InfoNCE temperature, terms against CLAP.",
+    ),
+    center: bool = typer.Option(
+        _loss_default("center"), "--center/--no-center", help="Compare vectors minus the mean CLAP target."
     ),
     symmetric: bool = typer.Option(
         _loss_default("symmetric"), "--symmetric/--one-direction", help="InfoNCE in both directions."
@@ -96,7 +104,9 @@ def align(
         reference_clap=w_reference_clap,
         imitation_reference=w_imitation_reference,
         temperature=temperature,
+        clap_temperature=clap_temperature,
         symmetric=symmetric,
+        center=center,
     )
     config = AlignConfig(
         data=str(data),
@@ -129,7 +139,7 @@ def align(
     )
     if result.collapsed:
         typer.echo(
-            "Warning: the embeddings collapsed (see metrics.jsonl); lower --lr or use --loss infonce",
+            "Warning: the embeddings collapsed (see metrics.jsonl); lower --lr",
             err=True,
         )
 

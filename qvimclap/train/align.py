@@ -8,9 +8,10 @@
 3. build the aligned model from the QVIM source (or resume it from the last epoch checkpoint);
 4. train with AdamW, linear warm-up then cosine decay, the encoder's mel augmentations (train mode), gradient
    clipping; log loss terms, per-group gradient norms and the embedding spread every ``log_every`` steps;
-5. after each epoch: validation MRR in CLAP space (imitation tower vs the references' CLAP targets) and in
-   QVIM space (imitation tower vs reference tower), a collapse check, an epoch checkpoint, and the best model
-   so far (highest CLAP-space validation MRR) written to the run folder as an aligned model folder;
+5. after each epoch: precise BatchNorm statistics, validation MRR in CLAP space (imitation tower vs the
+   references' CLAP targets) and in QVIM space (imitation tower vs reference tower), a collapse check, an
+   epoch checkpoint, and the best model so far (highest validation MRR, the mean of both spaces) written to
+   the run folder as an aligned model folder;
 6. a PNG of the curves and ``summary.json``.
 
 The run folder ``out`` holds: ``config.json`` + ``model.safetensors`` (the best model; load it with
@@ -58,8 +59,10 @@ TRAIN_CONFIG_NAME = "align_config.json"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 SUMMARY_NAME = "summary.json"
-#: Mean pairwise cosine similarity of validation query embeddings above which the model counts as collapsed.
-COLLAPSE_COSINE = 0.98
+#: The model counts as collapsed when its validation query embeddings are spread less than this fraction of
+#: the CLAP targets' spread (spread = 1 - mean pairwise cosine). Relative, because CLAP embeddings may sit in
+#: a narrow cone themselves (a random CLAP's have mean cosine 0.996), where any absolute threshold misfires.
+COLLAPSE_SPREAD_RATIO = 0.05
 
 
 class TrainingError(QvimclapError):
@@ -85,10 +88,10 @@ class AlignConfig:
     shared_towers: bool = True
     head: str = "linear"
     loss: dict[str, Any] = field(default_factory=lambda: LossConfig().to_dict())
-    clip_duration_s: float = 10.0
+    clip_duration_s: float = 3.0
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.05
@@ -98,6 +101,7 @@ class AlignConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     bn_batches: int = 8
+    time_mask_fraction: float = 0.2
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -250,7 +254,9 @@ def mean_pairwise_cosine(embeddings: np.ndarray | torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: AlignedModel, dataset: PairDataset, *, num_batches: int, batch_size: int) -> None:
+def recalibrate_batch_norm(
+    model: AlignedModel, dataset: PairDataset, *, num_batches: int, batch_size: int
+) -> None:
     """Recompute every BatchNorm's running statistics as the plain average over ``num_batches`` training
     batches at the current weights ("precise BN").
 
@@ -298,18 +304,26 @@ def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndar
 
 
 def validate(model: AlignedModel, val: dict[str, Any]) -> dict[str, float]:
-    """Validation metrics in both spaces, and the collapse statistic of the query embeddings."""
+    """Validation metrics in both spaces, and the spread statistics of the query embeddings (for collapse)."""
     queries = embed_clips(model, val["queries"], "imitation")
     references = embed_clips(model, val["references"], "reference")
     clap_mrr, clap_r1 = retrieval_mrr(queries, val["targets"], val["true_ref"])
     qvim_mrr, qvim_r1 = retrieval_mrr(queries, references, val["true_ref"])
     return {
+        "val_mrr": 0.5 * (clap_mrr + qvim_mrr),
         "val_mrr_clap": clap_mrr,
         "val_r1_clap": clap_r1,
         "val_mrr_qvim": qvim_mrr,
         "val_r1_qvim": qvim_r1,
         "val_mean_cosine": mean_pairwise_cosine(queries),
+        "targets_mean_cosine": mean_pairwise_cosine(val["targets"]),
     }
+
+
+def is_collapsed(metrics: dict[str, float]) -> bool:
+    """Whether the query embeddings are nearly identical, relative to how spread the CLAP targets are."""
+    spread = 1.0 - metrics["val_mean_cosine"]
+    return spread < COLLAPSE_SPREAD_RATIO * max(1.0 - metrics["targets_mean_cosine"], 1e-6)
 
 
 # -- run folder ----------------------------------------------------------------------------------------------
@@ -455,13 +469,14 @@ def build_model(config: AlignConfig, clap_fingerprint: dict[str, Any]) -> Aligne
     from qvimclap.errors import CheckpointError
     from qvimclap.models.qvim import QvimEncoder
 
-    imitation = QvimEncoder.from_pretrained(config.qvim, tower="imitation")
+    imitation = _with_time_mask(QvimEncoder.from_pretrained(config.qvim, tower="imitation"), config)
     reference = None
     if not config.shared_towers:
         try:
             reference = QvimEncoder.from_pretrained(config.qvim, tower="reference")
         except CheckpointError:
             reference = QvimEncoder.from_pretrained(config.qvim, tower="imitation")
+        reference = _with_time_mask(reference, config)
     torch.manual_seed(config.seed)  # the head's init; the run seeds torch again before training
     return AlignedModel.from_towers(
         imitation,
@@ -473,6 +488,22 @@ def build_model(config: AlignConfig, clap_fingerprint: dict[str, Any]) -> Aligne
         clap_fingerprint=clap_fingerprint,
         qvim_source=config.qvim,
     )
+
+
+def _with_time_mask(encoder: nn.Module, config: AlignConfig) -> nn.Module:
+    """The encoder with its training time mask scaled to the clip: ``time_mask_fraction`` of its frames.
+
+    The QVIM baseline masks up to 200 frames of a 10 s clip (1000 frames); kept at 200 on a 3 s clip the mask
+    would hide up to two thirds of it.
+    """
+    from qvimclap.models.qvim import QvimEncoder
+
+    mel = encoder.config.mel
+    frames = config.clip_duration_s * mel.sample_rate / mel.hop_length
+    mel = dataclasses.replace(mel, time_mask=max(1, round(config.time_mask_fraction * frames)))
+    scaled = QvimEncoder(dataclasses.replace(encoder.config, mel=mel), source=encoder.source)
+    scaled.load_state_dict(encoder.state_dict())
+    return scaled
 
 
 def _index_pairs(dataset, query_index: dict[Path, int], reference_index: dict[Path, int]) -> np.ndarray:
@@ -566,6 +597,8 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
             f"{config.data}: {len(train_data)} training pairs make no full batch of {config.batch_size}; "
             "lower --batch-size"
         )
+    train_refs = np.unique(train_data.pairs[:, 1])
+    center = data["targets"][train_refs].mean(0)  # [D], the mean CLAP target of the training references
     # 3. model, optimiser, schedule
     model = build_model(config, data["fingerprint"])
     model.train()
@@ -579,7 +612,7 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
     )
     torch.manual_seed(config.seed + rank)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_mrr_clap": -1.0}
+    best: dict[str, Any] = {"epoch": 0, "val_mrr": -1.0}
     first_epoch, step = 1, 0
     if resume:
         checkpoint = latest_checkpoint(out)
@@ -616,7 +649,12 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
                 batch["imitation"], batch["reference"] if use_reference else None
             )
             loss, terms = alignment_loss(
-                imitation, reference, targets, loss_config, groups=batch["reference_index"]
+                imitation,
+                reference,
+                targets,
+                loss_config,
+                groups=batch["reference_index"],
+                center=center,
             )
             if not torch.isfinite(loss):
                 files = _batch_files(train_data, batch["pair_index"], data["paths"])
@@ -652,14 +690,14 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
             )
             metrics = validate(model, val)
             model.train()
-            collapsed = metrics["val_mean_cosine"] > COLLAPSE_COSINE
+            collapsed = is_collapsed(metrics)
             if collapsed:
                 logger.warning(
-                    "epoch %d: embeddings collapsed (mean cosine between different imitations %.3f > %.2f); "
-                    "lower --lr, or use --loss infonce",
+                    "epoch %d: embeddings collapsed (mean cosine between different imitations %.5f, between "
+                    "their CLAP targets %.5f); lower --lr",
                     epoch,
                     metrics["val_mean_cosine"],
-                    COLLAPSE_COSINE,
+                    metrics["targets_mean_cosine"],
                 )
             row = {
                 "event": "val",
@@ -679,7 +717,7 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
                 metrics["val_mrr_qvim"],
                 val["chance_mrr"],
             )
-            if metrics["val_mrr_clap"] > best["val_mrr_clap"]:
+            if metrics["val_mrr"] > best["val_mrr"]:
                 best = {"epoch": epoch, **metrics}
                 model.save_pretrained(out)
             save_checkpoint(

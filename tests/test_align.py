@@ -1,0 +1,314 @@
+"""Alignment training on a tiny synthetic corpus: loss falls, resume, failure modes, DDP.
+
+CLAP is replaced by a small deterministic stand-in (band energies through a fixed random projection): the
+targets only need to be a fixed function of the reference audio, and the real CLAP encoder has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from qvimclap.data.synth import make_corpus
+from qvimclap.train import align as align_module
+from qvimclap.train.align import (
+    AlignConfig,
+    TrainingError,
+    epoch_batches,
+    mean_pairwise_cosine,
+    seeded_crop,
+    train_alignment,
+    warmup_cosine,
+)
+
+
+class FakeClap:
+    """A frozen stand-in for CLAP: 16 kHz in, ``[N, 512]`` L2-normalised band-energy projections out."""
+
+    sample_rate = 16000
+    embedding_dim = 512
+
+    def __init__(self) -> None:
+        self.projection = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+
+    def fingerprint(self) -> dict:
+        return {
+            "encoder": "clap",
+            "model": "fake",
+            "weights_sha256": "0" * 64,
+            "preprocessing": {},
+            "dim": 512,
+            "space": "clap:fake00000000",
+            "qvimclap_version": "test",
+        }
+
+    def embed(self, waveforms, *, batch_size: int = 16) -> np.ndarray:
+        rows = []
+        for w in waveforms:
+            spectrum = np.abs(np.fft.rfft(w[:16000], n=2048))[:1024].reshape(64, 16).mean(1)
+            rows.append(np.log(spectrum + 1e-6) @ self.projection)
+        x = np.stack(rows).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fake_load_clap(source: str, preprocessing: str) -> FakeClap:
+    return FakeClap()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(
+        tmp_path_factory.mktemp("corpus") / "c", num_references=8, imitations_per_reference=2, seed=3
+    )
+
+
+@pytest.fixture(autouse=True)
+def fake_clap(monkeypatch):
+    monkeypatch.setattr(align_module, "load_clap", fake_load_clap)
+
+
+def tiny_config(corpus, out, **overrides) -> AlignConfig:
+    settings = dict(
+        data=str(corpus),
+        out=str(out),
+        qvim="scratch:mn01",
+        clip_duration_s=0.5,
+        epochs=2,
+        batch_size=4,
+        lr=2e-3,
+        val_fraction=0.25,
+        log_every=1,
+    )
+    settings.update(overrides)
+    return AlignConfig(**settings)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_helpers_are_deterministic_and_correct():
+    assert warmup_cosine(10, 2, 0.1)(0) == pytest.approx(0.5)
+    assert warmup_cosine(10, 2, 0.1)(2) == pytest.approx(1.0)
+    assert warmup_cosine(10, 2, 0.1)(10) == pytest.approx(0.1)
+    a = epoch_batches(10, 4, seed=0, epoch=1)
+    assert a == epoch_batches(10, 4, seed=0, epoch=1) and len(a) == 2 and len(set(sum(a, []))) == 8
+    assert a != epoch_batches(10, 4, seed=0, epoch=2)
+    shards = [epoch_batches(10, 4, seed=0, epoch=1, rank=r, world=2) for r in (0, 1)]
+    assert sorted(sum(shards[0] + shards[1], [])) == sorted(sum(a, []))  # same pairs, split between ranks
+    x = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(
+        seeded_crop(x, 4, np.random.default_rng(0)), seeded_crop(x, 4, np.random.default_rng(0))
+    )
+    assert seeded_crop(x, 12, np.random.default_rng(0)).tolist() == list(range(10)) + [0, 0]
+    same = np.tile([[0.6, 0.8]], (4, 1))
+    assert mean_pairwise_cosine(same) == pytest.approx(1.0)
+    assert mean_pairwise_cosine(np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(-1 / 3)
+
+
+def test_training_loss_falls_and_run_folder_is_complete(corpus, tmp_path):
+    from qvimclap.models.aligned import AlignedModel
+
+    config = tiny_config(corpus, tmp_path / "run", epochs=4)
+    result = train_alignment(config, progress=False)
+    rows = read_metrics(result.run_dir)
+    train = [r for r in rows if r["event"] == "train"]
+    first = np.mean([r["loss"] for r in train if r["epoch"] == 1])
+    last = np.mean([r["loss"] for r in train if r["epoch"] == 4])
+    assert last < first
+    # grad norms per group and the loss terms are logged
+    assert {
+        "grad_norm/head",
+        "grad_norm/imitation_tower",
+        "loss/imitation_clap",
+        "loss/reference_clap",
+    } <= set(train[0])
+    val = [r for r in rows if r["event"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3, 4]
+    assert all(0 < r["val_mrr_clap"] <= 1 and 0 < r["val_mrr_qvim"] <= 1 for r in val)
+    best = max(val, key=lambda r: r["val_mrr"])
+    assert best["val_mrr"] == pytest.approx((best["val_mrr_clap"] + best["val_mrr_qvim"]) / 2)
+    assert result.best_epoch == best["epoch"]
+    for name in ("config.json", "model.safetensors", "curves.png", "summary.json", "align_config.json"):
+        assert (result.run_dir / name).is_file(), name
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == [
+        "epoch-003.pt",
+        "epoch-004.pt",
+    ]
+    model = AlignedModel.from_pretrained(result.run_dir)
+    assert model.config.clap_fingerprint["space"] == "clap:fake00000000"
+    assert model.embedder().fingerprint()["space"] == "clap:fake00000000"
+    # the CLAP targets were cached once under the corpus
+    assert len(list((corpus / ".qvimclap-cache").glob("clap-*.h5"))) == 1
+
+
+def test_existing_run_needs_force_and_resume_needs_a_run(corpus, tmp_path):
+    from qvimclap.errors import StoreError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep")
+    with pytest.raises(StoreError, match="--force"):
+        train_alignment(tiny_config(corpus, tmp_path / "run"), progress=False)
+    with pytest.raises(StoreError, match="not a qvimclap run folder"):
+        train_alignment(tiny_config(corpus, tmp_path / "run"), force=True, progress=False)
+    with pytest.raises(StoreError, match="nothing to resume"):
+        train_alignment(tiny_config(corpus, tmp_path / "run"), resume=True, progress=False)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    full = train_alignment(tiny_config(corpus, tmp_path / "full", epochs=3), progress=False)
+
+    real_save = align_module.save_checkpoint
+
+    def save_then_die(out, state, *, epoch, keep):
+        path = real_save(out, state, epoch=epoch, keep=keep)
+        if epoch == 2:
+            raise KeyboardInterrupt  # killed right after the epoch-2 checkpoint
+        return path
+
+    monkeypatch.setattr(align_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_alignment(tiny_config(corpus, tmp_path / "killed", epochs=3), progress=False)
+    monkeypatch.setattr(align_module, "save_checkpoint", real_save)
+    with pytest.raises(Exception, match="different settings"):
+        train_alignment(
+            tiny_config(corpus, tmp_path / "killed", epochs=3, lr=1e-2), resume=True, progress=False
+        )
+    resumed = train_alignment(tiny_config(corpus, tmp_path / "killed", epochs=3), resume=True, progress=False)
+
+    a = torch.load(full.run_dir / "checkpoints" / "epoch-003.pt", weights_only=False)["model"]
+    b = torch.load(resumed.run_dir / "checkpoints" / "epoch-003.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert [r["val_mrr_clap"] for r in full.history if r["event"] == "val"] == pytest.approx(
+        [r["val_mrr_clap"] for r in resumed.history if r["event"] == "val"], abs=1e-6
+    )
+    assert len(read_metrics(resumed.run_dir)) == len(read_metrics(full.run_dir))
+
+
+def test_non_finite_loss_stops_and_names_the_batch_files(corpus, tmp_path, monkeypatch):
+    real_loss = align_module.alignment_loss
+
+    def poisoned(*args, **kwargs):
+        total, terms = real_loss(*args, **kwargs)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(align_module, "alignment_loss", poisoned)
+    with pytest.raises(
+        TrainingError, match=r"non-finite loss .* epoch 1, step 1; batch files: .*imitations/"
+    ):
+        train_alignment(tiny_config(corpus, tmp_path / "run"), progress=False)
+
+
+def test_collapse_is_detected_and_reported(corpus, tmp_path, monkeypatch, caplog):
+    from qvimclap.models.aligned import AlignedModel
+
+    # a model whose head ignores its input: every clip gets the same embedding
+    model = AlignedModel.from_towers(
+        __import__("qvimclap.models.qvim", fromlist=["QvimEncoder"]).QvimEncoder.from_pretrained(
+            "scratch:mn01"
+        ),
+        None,
+        clip_duration_s=0.5,
+    )
+    with torch.no_grad():
+        model.imitation_head.layers[-1].weight.zero_()
+        model.imitation_head.layers[-1].bias.fill_(1.0)
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(8000).astype(np.float32) for _ in range(4)]
+    val = {
+        "queries": clips,
+        "references": clips,
+        "targets": np.eye(4, 512, dtype=np.float32),
+        "true_ref": np.arange(4),
+    }
+    metrics = align_module.validate(model, val)
+    assert metrics["val_mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["targets_mean_cosine"] == pytest.approx(0.0)
+    assert align_module.is_collapsed(metrics)
+    # relative to the targets' spread: 0.99 is collapsed among orthogonal targets, healthy in a narrow cone
+    assert align_module.is_collapsed({"val_mean_cosine": 0.99, "targets_mean_cosine": 0.0})
+    assert not align_module.is_collapsed({"val_mean_cosine": 0.99, "targets_mean_cosine": 0.996})
+
+    real_validate = align_module.validate
+
+    def collapsed_validate(model, val):
+        return {**real_validate(model, val), "val_mean_cosine": 1.0}
+
+    monkeypatch.setattr(align_module, "validate", collapsed_validate)
+    with caplog.at_level(logging.WARNING, logger="qvimclap.train.align"):
+        result = train_alignment(tiny_config(corpus, tmp_path / "run", epochs=1), progress=False)
+    assert result.collapsed
+    assert "collapsed" in caplog.text
+    assert json.loads((result.run_dir / "summary.json").read_text())["collapsed"] is True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config_dict: dict) -> None:
+    import os
+
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    align_module.load_clap = fake_load_clap
+    train_alignment(AlignConfig.from_dict(config_dict), progress=False)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_run(corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    from qvimclap.models.aligned import AlignedModel
+
+    config = tiny_config(corpus, tmp_path / "ddp", epochs=1, batch_size=4)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config.to_dict()), nprocs=2, join=True)
+    rows = read_metrics(tmp_path / "ddp")
+    assert [r["epoch"] for r in rows if r["event"] == "val"] == [1]
+    assert AlignedModel.from_pretrained(tmp_path / "ddp").embedding_dim == 512
+
+
+def test_precise_batch_norm_makes_eval_mode_match_train_mode():
+    from qvimclap.models.aligned import AlignedModel
+    from qvimclap.models.qvim import QvimEncoder
+    from qvimclap.train.align import PairDataset, collate_pairs, recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    model = AlignedModel.from_towers(QvimEncoder.from_pretrained("scratch:mn01"), None, clip_duration_s=0.5)
+    rng = np.random.default_rng(0)
+    clips = [(0.3 * rng.standard_normal(16000)).astype(np.float32) for _ in range(4)]
+    data = PairDataset(clips, clips, np.array([[0, 1], [1, 2], [2, 3], [3, 0]]), num_samples=16000)
+    batch = collate_pairs([data[i] for i in epoch_batches(4, 4, seed=0, epoch=0)[0]])
+    with torch.no_grad():
+        model.train()
+        for tower in (model.imitation_tower,):
+            tower.mel.eval()
+        train_mode = model(batch["imitation"], batch["reference"])[0]
+        model.eval()
+        stale = model(batch["imitation"], batch["reference"])[0]
+    recalibrate_batch_norm(model, data, num_batches=1, batch_size=4)
+    assert not model.training
+    with torch.no_grad():
+        precise = model(batch["imitation"], batch["reference"])[0]
+    # the same up to the unbiased-variance factor of the deepest (tiny) feature maps
+    cos_precise = (precise * train_mode).sum(1)
+    cos_stale = (stale * train_mode).sum(1)
+    assert cos_precise.min() > 0.95 and cos_stale.max() < 0.9

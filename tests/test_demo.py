@@ -1,0 +1,70 @@
+"""The main job on the embedded default, shrunk: every stage runs and its outputs are usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from _tiny_audioldm import save_tiny_audioldm
+from typer.testing import CliRunner
+
+from qvimclap.cli import app
+from qvimclap.demo import run_demo
+
+TINY = dict(qvim="scratch:mn01", clip_duration_s=0.5, epochs=1, batch_size=4, val_fraction=0.3)
+
+
+def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
+    from qvimclap import api
+    from qvimclap.data import open_dataset, split_by_reference
+
+    result = run_demo(
+        tmp_path / "demo",
+        num_references=14,
+        imitations_per_reference=2,
+        align_overrides=TINY,
+        audioldm=save_tiny_audioldm(tmp_path / "tiny-audioldm"),
+        progress=False,
+    )
+    assert (result.model_dir / "config.json").is_file()
+    _, val = split_by_reference(open_dataset(result.corpus_dir), val_fraction=0.3, seed=0)
+    assert 3 <= len(val.references) <= 5
+    assert set(result.reports) == {"clap", "qvim"}
+    for report in result.reports.values():  # evaluated on the held-out references only
+        assert report.num_references == len(val.references)
+        assert report.num_queries == 2 * len(val.references)
+        assert 0.0 < report.metrics["mrr"] <= 1.0
+        assert report.chance["mrr"] == np.mean(1.0 / np.arange(1, len(val.references) + 1))
+    assert result.query_path in val.queries
+    with api.open_store(result.store_path) as store:
+        assert len(store) == 14
+    assert len(result.hits) == 5
+    assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
+    scores = [hit.score for hit in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    audio, sample_rate = sf.read(result.generated_path)
+    assert sample_rate == 16000 and abs(len(audio) / sample_rate - 5.0) < 0.05
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    assert set(result.timings_s) == {"synth", "align", "evaluate", "index+search", "generate"}
+
+
+def test_demo_cli_refuses_an_existing_folder(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 2
+    assert "already exists; pass --force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in Path(out).iterdir()) == ["keep.txt"]
+
+
+def test_demo_refuses_a_missing_audioldm_folder_before_any_work(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(tmp_path / "demo"), "--audioldm", str(tmp_path / "nowhere"), "--no-progress"],
+    )
+    assert result.exit_code == 2
+    assert "AudioLDM weights not found" in result.output and "hf download" in result.output
+    assert not (tmp_path / "demo").exists()
