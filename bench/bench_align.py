@@ -138,6 +138,30 @@ def handmade_baseline(val_queries, val_refs, true_ref, q_labels, r_labels) -> di
 # -- main ----------------------------------------------------------------------------------------------------
 
 
+def clap_class_oracle(dataset, train_set, targets, true_ref, q_labels, r_labels, references) -> dict:
+    """CLAP-space retrieval by a query that knows its class perfectly and nothing else.
+
+    The query is the class prototype: the mean of the centred, normalised CLAP targets of that class's
+    training references. References are ranked by raw CLAP, as in our CLAP-space evaluation. This is what any
+    imitation encoder that only recognises the kind can reach in this CLAP space: with a random (scratch)
+    CLAP, whose vectors do not group sounds by kind, it is far below perfect class recognition.
+    """
+    row = {r: i for i, r in enumerate(dataset.references)}
+    train_refs = list(train_set.references)
+    train_vectors = targets[[row[r] for r in train_refs]]
+    center = train_vectors.mean(axis=0)
+    centred = train_vectors - center
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    train_labels = np.array([train_set.label_of(r) for r in train_refs])
+    prototypes = {}
+    for label in set(train_labels):
+        mean = centred[train_labels == label].mean(axis=0)
+        prototypes[label] = mean / np.linalg.norm(mean)
+    queries = np.stack([prototypes[label] for label in q_labels])
+    val_vectors = targets[[row[r] for r in references]]
+    return score(queries @ val_vectors.T, true_ref, q_labels, r_labels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refs", type=int, default=500)
@@ -179,7 +203,9 @@ def main() -> None:
 
     clap = ClapEncoder.from_pretrained(config.clap, preprocessing=config.clap_preprocessing)
     start = time.monotonic()
-    clap_targets(list(dataset.references), clap, root=dataset.root, cache_dir=corpus / CACHE_DIR_NAME)
+    targets = clap_targets(
+        list(dataset.references), clap, root=dataset.root, cache_dir=corpus / CACHE_DIR_NAME
+    )
     targets_s = time.monotonic() - start
     start = time.monotonic()
     result = train_alignment(config, force=True, progress=False)
@@ -219,6 +245,9 @@ def main() -> None:
         q = peer_embed(imitation, [query_clips[q_index[p]] for p in queries], config.clip_duration_s)
         r = peer_embed(reference, [reference_clips[r_index[p]] for p in references], config.clip_duration_s)
         rows["naive peer CNN pair (InfoNCE)"] = score(q @ r.T, true_ref, q_labels, r_labels)
+    rows["class oracle, CLAP space (ceiling of class knowledge)"] = clap_class_oracle(
+        dataset, train_set, targets, true_ref, q_labels, r_labels, references
+    )
     baseline = handmade_baseline(queries, references, true_ref, q_labels, r_labels)
     if baseline is not None:
         rows["hand-made log-mel stats (baseline_logmel.py)"] = baseline

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from qvimclap.audio import pad_or_crop
+from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize
@@ -81,10 +82,7 @@ class AlignedConfig:
         model_type = data.pop("model_type", None)
         if model_type != MODEL_TYPE:
             raise CheckpointError(f"config is of model_type {model_type!r}, expected {MODEL_TYPE!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"aligned model config has unknown keys {unknown}; known: {sorted(known)}")
+        require_known_keys(cls, data, "aligned model config", CheckpointError)
         return cls(**data)
 
 

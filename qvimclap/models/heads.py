@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
 
 HEAD_KINDS = ("linear", "mlp")
@@ -49,10 +50,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"head config has unknown keys {unknown}; known keys are {sorted(known)}")
+        require_known_keys(cls, data, "head config", CheckpointError)
         return cls(**data)
 
 

@@ -18,12 +18,13 @@ before the normalisation. Unlike torchaudio on a 3-D input (which draws one mask
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
 
 #: Added to the mel power before the log, as in the reference front end.
@@ -74,16 +75,8 @@ class MelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`CheckpointError`."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CheckpointError(
-                f"mel config: unknown keys {sorted(unknown)}; accepted: {_field_names(cls)}"
-            )
+        require_known_keys(cls, data, "mel config", CheckpointError)
         return cls(**data)
-
-
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
 
 
 def _mel_scale(freq_hz: Tensor) -> Tensor:

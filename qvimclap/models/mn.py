@@ -9,12 +9,13 @@ embedding is the global average of the last feature map (384-d for mn04, 960-d f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
 
 #: The published widths; the name is ``mn`` + ten times the width multiplier.
@@ -150,10 +151,7 @@ class MNConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MNConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`CheckpointError`."""
-        names = [f.name for f in fields(cls)]
-        unknown = set(data) - set(names)
-        if unknown:
-            raise CheckpointError(f"mn config: unknown keys {sorted(unknown)}; accepted: {names}")
+        require_known_keys(cls, data, "mn config", CheckpointError)
         return cls(**data)
 
 

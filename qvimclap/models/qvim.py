@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qvimclap.config import require_known_keys
 from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.mel import MelConfig, MelFrontEnd
@@ -97,10 +98,7 @@ class QvimConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QvimConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`CheckpointError`."""
-        names = [f.name for f in fields(cls)]
-        unknown = set(data) - set(names)
-        if unknown:
-            raise CheckpointError(f"QVIM encoder config: unknown keys {sorted(unknown)}; accepted: {names}")
+        require_known_keys(cls, data, "QVIM encoder config", CheckpointError)
         return cls(
             mn=MNConfig.from_dict(dict(data.get("mn", {}))),
             mel=MelConfig.from_dict(dict(data.get("mel", {}))),

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from qvimclap.audio import load_audio
+from qvimclap.config import require_known_keys
 from qvimclap.errors import QvimclapError, StoreError
 from qvimclap.models.aligned import SAMPLE_RATE, AlignedModel
 from qvimclap.train.losses import LossConfig, alignment_loss, needs_reference
@@ -126,10 +127,7 @@ class AlignConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlignConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise QvimclapError(f"align config has unknown keys {unknown}; known keys are {sorted(known)}")
+        require_known_keys(cls, data, "align config")
         return cls(**data)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from qvimclap.config import require_known_keys
 from qvimclap.errors import QvimclapError
 
 LOSS_KINDS = ("infonce", "cosine")
@@ -74,10 +75,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise QvimclapError(f"loss config has unknown keys {unknown}; known keys are {sorted(known)}")
+        require_known_keys(cls, data, "loss config")
         return cls(**data)
 
 
