@@ -17,8 +17,8 @@ from qvimclap.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
-#: The demo corpus: enough held-out references (>= 100 at the default split) for retrieval to mean something.
-DEMO_REFERENCES = 500
+#: The demo corpus: 60 held-out references at the default split, and about 10 minutes on 2 cores in all.
+DEMO_REFERENCES = 300
 DEMO_IMITATIONS = 3
 
 
@@ -35,6 +35,8 @@ class DemoResult:
     query_path: Path
     true_reference: Path
     hits: list[Any]
+    true_rank: int
+    num_indexed: int
     generated_path: Path | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -62,6 +64,7 @@ def run_demo(
     from qvimclap.evaluation import evaluate_retrieval
     from qvimclap.generation import load_audioldm
     from qvimclap.train.align import AlignConfig, train_alignment
+    from qvimclap.train.targets import default_cache_dir
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
@@ -90,8 +93,9 @@ def run_demo(
     lap("align")
     # 3. retrieval on the held-out references, in both spaces
     _, val = split_by_reference(open_dataset(corpus), val_fraction=config.val_fraction, seed=config.seed)
+    cache_dir = config.cache_dir or default_cache_dir(Path(corpus), None)  # reuse the CLAP targets
     reports = {
-        space: evaluate_retrieval(val, result.run_dir, k=5, space=space, cache_dir=config.cache_dir)
+        space: evaluate_retrieval(val, result.run_dir, k=5, space=space, cache_dir=cache_dir)
         for space in ("clap", "qvim")
     }
     lap("evaluate")
@@ -101,7 +105,9 @@ def run_demo(
     api.embed_dataset(corpus, f"clap:{config.clap}", store_path, force=True, progress=progress)
     api.build_index(store_path, index_path, force=True)
     query = val.pairs[0]
-    hits = api.search(query.query_path, index_path, k=5, encoder=str(result.run_dir))
+    index = api.load_index(index_path)
+    ranking = api.search(query.query_path, index, k=len(index.ids), encoder=str(result.run_dir))
+    true_rank = next(h.rank for h in ranking if Path(h.path).resolve() == query.reference_path.resolve())
     lap("index+search")
     # 5. with AudioLDM weights on the machine: sound from the same imitation
     generated = None
@@ -117,7 +123,9 @@ def run_demo(
         reports=reports,
         query_path=query.query_path,
         true_reference=query.reference_path,
-        hits=hits,
+        hits=ranking[:5],
+        true_rank=true_rank,
+        num_indexed=len(ranking),
         generated_path=generated,
         timings_s=timings,
     )

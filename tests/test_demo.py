@@ -10,6 +10,7 @@ from _tiny_audioldm import save_tiny_audioldm
 from typer.testing import CliRunner
 
 from qvimclap.cli import app
+from qvimclap.cli.demo import format_demo
 from qvimclap.demo import run_demo
 
 TINY = dict(qvim="scratch:mn01", clip_duration_s=0.5, epochs=1, batch_size=4, val_fraction=0.3)
@@ -39,7 +40,8 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
     assert result.query_path in val.queries
     with api.open_store(result.store_path) as store:
         assert len(store) == 14
-    assert len(result.hits) == 5
+    assert len(result.hits) == 5 and result.num_indexed == 14
+    assert 1 <= result.true_rank <= 14
     assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
     scores = [hit.score for hit in result.hits]
     assert scores == sorted(scores, reverse=True)
@@ -47,6 +49,11 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
     assert sample_rate == 16000 and abs(len(audio) / sample_rate - 5.0) < 0.05
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
     assert set(result.timings_s) == {"synth", "align", "evaluate", "index+search", "generate"}
+    printed = format_demo(result)
+    for report in result.reports.values():  # both metric tables, with chance beside each value
+        assert f"| mrr | {report.metrics['mrr']:.4f} | {report.chance['mrr']:.4f} |" in printed
+    assert f"found at rank {result.true_rank} of 14" in printed
+    assert str(result.generated_path) in printed
 
 
 def test_demo_cli_refuses_an_existing_folder(tmp_path):

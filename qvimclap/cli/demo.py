@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.demo import DEMO_REFERENCES, DemoResult
 
 
 @app.command()
@@ -15,7 +16,7 @@ def demo(
     out: Path = typer.Option(
         Path("demo"), "--out", "-o", help="Folder for the corpus, model, store and index."
     ),
-    refs: int = typer.Option(500, help="References in the synthetic corpus (20% are held out)."),
+    refs: int = typer.Option(DEMO_REFERENCES, help="References in the synthetic corpus (20% are held out)."),
     imitations: int = typer.Option(3, help="Vocal imitations per reference."),
     seed: int = typer.Option(0, help="Seed of the corpus, the split and training."),
     audioldm: str | None = typer.Option(
@@ -28,7 +29,6 @@ def demo(
 ) -> None:
     """Synthesise a corpus, align an imitation encoder into CLAP space, evaluate, index and search."""
     from qvimclap.demo import run_demo
-    from qvimclap.generation import DOWNLOAD_HINT
 
     result = run_demo(
         out,
@@ -39,27 +39,38 @@ def demo(
         force=force,
         progress=progress,
     )
-    typer.echo("")
+    typer.echo(format_demo(result))
+
+
+def format_demo(result: DemoResult) -> str:
+    """What `qvimclap demo` prints: both spaces' metrics, one search, timings and where outputs are."""
+    from qvimclap.generation import DOWNLOAD_HINT
+
+    lines = [""]
     for report in result.reports.values():
-        typer.echo(report.format().split("\n\n")[0])  # the metrics table, without the per-class rows
-        typer.echo("")
-    typer.echo(f"search: {result.query_path.name}  (imitates {result.true_reference.name})")
-    for hit in result.hits:
+        title, metrics = report.format().split("\n\n")[:2]  # without the per-class table
+        lines.append(f"{title}\n{metrics}\n")
+    lines.append(
+        f"search: {result.query_path.name} imitates {result.true_reference.name}, "
+        f"found at rank {result.true_rank} of {result.num_indexed}"
+    )
+    for hit in result.hits[:5]:
         mark = (
             "  <- the imitated sound" if Path(hit.path).resolve() == result.true_reference.resolve() else ""
         )
-        typer.echo(f"  {hit.rank:>2}  {hit.score:.3f}  {hit.id}{mark}")
-    typer.echo("")
+        lines.append(f"  {hit.rank:>2}  {hit.score:.3f}  {hit.id}{mark}")
+    lines.append("")
     timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.timings_s.items())
-    typer.echo(f"time: {timings}")
-    typer.echo(f"corpus  {result.corpus_dir}")
-    typer.echo(f"model   {result.model_dir}   (metrics.jsonl, curves.png inside)")
-    typer.echo(f"store   {result.store_path}")
-    typer.echo(f"index   {result.index_path}")
+    lines.append(f"time: {timings}")
+    lines.append(f"corpus  {result.corpus_dir}")
+    lines.append(f"model   {result.model_dir}   (metrics.jsonl, curves.png inside)")
+    lines.append(f"store   {result.store_path}")
+    lines.append(f"index   {result.index_path}")
     if result.generated_path is not None:
-        typer.echo(f"sound   {result.generated_path}   (generated from {result.query_path.name})")
+        lines.append(f"sound   {result.generated_path}   (generated from {result.query_path.name})")
     else:
-        typer.echo(f"generate: not run (no --audioldm); to generate, {DOWNLOAD_HINT}")
-    typer.echo(
+        lines.append(f"generate: not run (no --audioldm); to generate, {DOWNLOAD_HINT}")
+    lines.append(
         f"next:   qvimclap search IMITATION.wav --index {result.index_path} --encoder {result.model_dir}"
     )
+    return "\n".join(lines)
