@@ -196,17 +196,13 @@ def evaluate_retrieval(
 
 def plot_rank_histogram(report: RetrievalReport, path: Any) -> Any:
     """PNG histogram of the true references' ranks, with the uniform (chance) level; written atomically."""
-    import matplotlib
+    from qvimclap.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bins = np.unique(
         np.geomspace(1, report.num_references + 1, num=min(30, report.num_references + 1)).astype(int)
     )
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = new_figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.hist(report.ranks, bins=bins, color="tab:blue", label="true reference")
     expected = report.num_queries * np.diff(bins) / report.num_references
     ax.step(bins[:-1], expected, where="post", color="grey", linestyle=":", label="chance")
@@ -217,12 +213,7 @@ def plot_rank_histogram(report: RetrievalReport, path: Any) -> Any:
         title=f"{report.space} space: MRR {report.metrics['mrr']:.3f} (chance {report.chance['mrr']:.3f})",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _as_dataset(data: Any) -> Any:

@@ -637,20 +637,15 @@ def save_comparison_plot(
     path: str | Path, imitation: np.ndarray, imitation_rate: int, result: np.ndarray, result_rate: int
 ) -> Path:
     """Write a PNG of the imitation's (left) and the generated sound's (right) spectrograms, atomically."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from qvimclap.plots import new_figure, save_figure
 
-    path = Path(path)
-    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    fig = new_figure(figsize=(10, 3.5))
     panels = ((imitation, imitation_rate, "imitation"), (result, result_rate, "generated"))
     for ax, (x, rate, title) in zip(fig.subplots(1, 2), panels, strict=True):
         nfft = 512 if rate <= 24000 else 1024
         ax.specgram(np.asarray(x, np.float64) + 1e-9, NFFT=nfft, Fs=rate, noverlap=nfft // 2, cmap="magma")
         ax.set(title=title, xlabel="time (s)", ylabel="frequency (Hz)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _first_line(err: BaseException) -> str:

@@ -400,14 +400,12 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """PNG of the training loss (per logged step) and the validation MRR (per epoch, both spaces)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from qvimclap.plots import new_figure, save_figure
 
     train = [h for h in history if h["event"] == "train"]
     val = [h for h in history if h["event"] == "val"]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6))
+    ax_loss, ax_val = fig.subplots(1, 2)
     ax_loss.plot([h["step"] for h in train], [h["loss"] for h in train], label="total")
     for term in ("imitation_clap", "reference_clap", "imitation_reference"):
         key = f"loss/{term}"
@@ -421,12 +419,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax_val.axhline(val[0]["chance_mrr"], color="grey", linestyle=":", label="chance")
     ax_val.set(xlabel="epoch", ylabel="MRR", title="validation MRR")
     ax_val.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # -- distributed ---------------------------------------------------------------------------------------------
