@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--data", choices=["uniform", "clustered"], default="uniform")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--single", type=int, default=50, help="queries timed one at a time")
+    parser.add_argument(
+        "--kinds", default="hnsw,ivf", help="approximate kinds to sweep (HNSW builds take long at 1M)"
+    )
     args = parser.parse_args()
     n, dim, k = (1_000_000 if args.large else args.num_vectors), 512, 10
     x, q = make_data(args.data, n, dim, args.queries)
@@ -106,6 +109,8 @@ def main() -> None:
     )
     sweeps = {"hnsw": ("ef_search", [64, 128, 256, 512]), "ivf": ("nprobe", None)}
     for kind, (name, values) in sweeps.items():
+        if kind not in args.kinds.split(","):
+            continue
         t0 = time.perf_counter()
         index = VectorIndex.build(x, ids, fingerprint=FP, kind=kind, device="cpu")
         build = time.perf_counter() - t0
