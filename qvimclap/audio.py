@@ -14,7 +14,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from qvimclap.errors import AudioError, SilentAudioError
+from qvimclap.errors import AudioError, SilentAudioError, first_line
+from qvimclap.files import atomic_path
 
 #: A clip whose peak is below this level (dB relative to full scale, i.e. ``|x| < 1e-3``) counts as silent.
 SILENCE_PEAK_DBFS = -60.0
@@ -48,7 +49,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{path}: not a readable audio file ({_first_line(err)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({first_line(err)})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(f"{path}: contains no audio samples")
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
@@ -72,7 +73,7 @@ def load_audio(
     try:
         data, native_rate = sf.read(str(info.path), frames=max_frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"{info.path}: audio data cannot be decoded ({_first_line(err)})") from None
+        raise AudioError(f"{info.path}: audio data cannot be decoded ({first_line(err)})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{info.path}: contains no audio samples")
     return prepare_waveform(data, native_rate, sample_rate, source=str(info.path), allow_silent=allow_silent)
@@ -154,14 +155,12 @@ def center_crop(x: np.ndarray, num_samples: int) -> np.ndarray:
 def write_audio(path: str | Path, waveform: np.ndarray, sample_rate: int) -> Path:
     """Write float32 mono ``[T]`` (or ``[T, C]``) as 32-bit float WAV (or the format of the suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x = np.asarray(waveform, dtype=np.float32)
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: refusing to write non-finite samples")
     subtype = "FLOAT" if path.suffix.lower() == ".wav" else None
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), x, sample_rate, subtype=subtype, format=_format_of(path))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written file under the final name
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), x, sample_rate, subtype=subtype, format=_format_of(path))
     return path
 
 
@@ -174,8 +173,3 @@ def find_audio_files(folder: str | Path) -> list[Path]:
 def _format_of(path: Path) -> str:
     fmt = path.suffix.lstrip(".").upper()
     return {"AIF": "AIFF", "OPUS": "OGG"}.get(fmt, fmt)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -8,6 +8,12 @@ The CLI turns these into ``Error: <message>`` and exit code 2; anything else is 
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages can be long), or its type's name."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 class QvimclapError(Exception):
     """Base class of every error a user can cause."""
 

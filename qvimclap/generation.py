@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from qvimclap.audio import is_silent, prepare_waveform, resample
-from qvimclap.errors import CheckpointError, QvimclapError
+from qvimclap.errors import CheckpointError, QvimclapError, first_line
+from qvimclap.files import atomic_path
 from qvimclap.models.base import AudioEmbedder, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -198,10 +199,8 @@ class AudioLdm:
         )
         embedding = self._text_embeds(tokens)[0]
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, embedding)
-            tmp.replace(path)  # atomic: concurrent runs never read half a file
+            with atomic_path(path) as tmp:  # concurrent runs never read half a file
+                np.save(tmp, embedding)
         return embedding
 
     def _cache_path(self) -> Path | None:
@@ -321,7 +320,7 @@ def _load_text_tower(root: Path) -> tuple[Any | None, Any | None]:
         tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     except (OSError, ValueError) as err:
         raise CheckpointError(
-            f"{root / 'tokenizer'}: cannot load the tokenizer ({_first_line(err)})"
+            f"{root / 'tokenizer'}: cannot load the tokenizer ({first_line(err)})"
         ) from None
     return encoder.eval(), tokenizer
 
@@ -330,7 +329,7 @@ def _load_component(cls: Any, folder: Path, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{folder}: cannot load {cls.__name__} ({_first_line(err)})") from None
+        raise CheckpointError(f"{folder}: cannot load {cls.__name__} ({first_line(err)})") from None
 
 
 def check_components(audioldm: AudioLdm) -> None:
@@ -646,8 +645,3 @@ def save_comparison_plot(
         ax.specgram(np.asarray(x, np.float64) + 1e-9, NFFT=nfft, Fs=rate, noverlap=nfft // 2, cmap="magma")
         ax.set(title=title, xlabel="time (s)", ylabel="frequency (Hz)")
     return save_figure(fig, path)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

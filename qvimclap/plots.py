@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qvimclap.files import atomic_path
+
 
 def new_figure(**kwargs: Any) -> Any:
     """A ``matplotlib.figure.Figure`` with constrained layout; ``kwargs`` as for ``Figure`` (e.g. figsize)."""
@@ -15,9 +17,6 @@ def new_figure(**kwargs: Any) -> Any:
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` (PNG) through a temporary file, so a crash never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)

@@ -29,6 +29,7 @@ from torch import nn
 from qvimclap.audio import pad_or_crop
 from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
+from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.heads import HeadConfig, ProjectionHead
@@ -251,12 +252,10 @@ class AlignedModel(nn.Module):
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(self).items()}
-        tmp = save_dir / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        tmp.replace(save_dir / WEIGHTS_NAME)
-        tmp = save_dir / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(save_dir / CONFIG_NAME)
+        with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        with atomic_path(save_dir / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         return save_dir
 
     @classmethod

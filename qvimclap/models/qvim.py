@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from torch import Tensor, nn
 
 from qvimclap.config import require_known_keys
 from qvimclap.errors import AudioError, CheckpointError
+from qvimclap.files import atomic_path
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.mel import MelConfig, MelFrontEnd
 from qvimclap.models.mn import MN_WIDTHS, MNConfig, MobileNetV3, width_from_embedding_dim
@@ -252,11 +251,10 @@ class QvimEncoder(nn.Module):
             **self.config.to_dict(),
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.mn.state_dict().items()}
-        _atomic_write(
-            save_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
-        )
-        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        _atomic_write(save_dir / CONFIG_NAME, lambda tmp: tmp.write_text(text))
+        with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        with atomic_path(save_dir / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return save_dir
 
     @classmethod
@@ -495,15 +493,3 @@ def _missing_source_message(source: str) -> str:
         f"{source!r}: no such file or folder; pass a local EfficientAT .pt, QVIM baseline .ckpt, QBV .pt, "
         "a saved encoder folder, or 'scratch:mnXX' (download URLs: models.qvim.PUBLISHED_CHECKPOINTS)"
     )
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

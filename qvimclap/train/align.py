@@ -50,6 +50,7 @@ from torch import nn
 from qvimclap.audio import load_audio
 from qvimclap.config import require_known_keys
 from qvimclap.errors import QvimclapError, StoreError
+from qvimclap.files import atomic_path
 from qvimclap.models.aligned import SAMPLE_RATE, AlignedModel
 from qvimclap.train.losses import LossConfig, alignment_loss, needs_reference
 
@@ -358,9 +359,8 @@ def prepare_run_dir(out: Path, config: AlignConfig, *, resume: bool, force: bool
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -378,9 +378,8 @@ def save_checkpoint(out: Path, state: dict[str, Any], *, epoch: int, keep: int) 
     folder = out / CHECKPOINT_DIR
     folder.mkdir(exist_ok=True)
     path = folder / f"epoch-{epoch:03d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
         old.unlink()
     return path
@@ -393,9 +392,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """(Re)write ``metrics.jsonl`` from the history (one JSON object a line)."""
-    tmp = out / (METRICS_NAME + ".tmp")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
-    tmp.replace(out / METRICS_NAME)
+    with atomic_path(out / METRICS_NAME) as tmp:
+        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
