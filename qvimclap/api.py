@@ -340,10 +340,18 @@ def open_store(path: str | Path, mode: str = "r") -> EmbeddingStore:
 
 
 def build_index(
-    store_path: str | Path, out_path: str | Path, *, kind: str = "flat", force: bool = False
+    store_path: str | Path,
+    out_path: str | Path,
+    *,
+    kind: str = "flat",
+    center: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Build a FAISS index (``flat`` exact, ``hnsw`` or ``ivf``) over a store; returns the index path."""
-    return build_index_from_store(store_path, out_path, kind=kind, force=force)
+    """Build a FAISS index (``flat`` exact, ``hnsw`` or ``ivf``) over a store; returns the index path.
+
+    ``center`` (default): scores are cosines after subtracting the library's mean vector (stored in the index).
+    """
+    return build_index_from_store(store_path, out_path, kind=kind, center=center, force=force)
 
 
 def load_index(path: str | Path) -> VectorIndex:

@@ -5,8 +5,14 @@ An index file is one file, written atomically::
     b"QVIMIDX1" | uint64 little-endian header length | UTF-8 JSON header | faiss.serialize_index bytes
 
 The JSON header holds ``kind``, search ``params``, ``dim``, ``num_vectors``, the store's ``fingerprint`` and
-``embedder_spec``, and the ``ids`` and source ``paths`` of every vector in faiss order. Scores are inner
-products, i.e. cosine similarities for the L2-normalised embeddings every qvimclap embedder produces.
+``embedder_spec``, the ``center`` (or null), and the ``ids`` and source ``paths`` of every vector in faiss order.
+
+Scores are cosine similarities after centring: by default an index subtracts the mean of the vectors it holds
+(the ``center``, fitted once at build time and stored) from them and from every query, and re-normalises
+both. Embeddings from one encoder share a common direction (a CLAP space is a narrow cone), and that shared
+part only adds a per-vector bias to raw cosines; measured on the built-in corpus, centring raised validation
+MRR from 0.151 to 0.179 in CLAP space and from 0.503 to 0.514 in QVIM space (``bench/bench_align.py``).
+``center=False`` keeps raw cosine similarities.
 
 Kinds: ``flat`` (exact, the default), ``hnsw`` (graph; fast single queries on large libraries) and ``ivf``
 (inverted lists over k-means cells; fast batched queries). Their parameters are chosen from the number of
@@ -62,9 +68,11 @@ class VectorIndex:
         params: Mapping[str, int],
         paths: Sequence[str] | None = None,
         embedder_spec: str | None = None,
+        center: np.ndarray | None = None,
         device: str = "auto",
     ) -> None:
         assert faiss_index.ntotal == len(ids), "faiss index and id list disagree"
+        self.center = None if center is None else np.asarray(center, dtype=np.float32)
         self.cpu_index = faiss_index
         self.ids = list(ids)
         self.paths = list(paths) if paths is not None else [""] * len(self.ids)
@@ -94,9 +102,14 @@ class VectorIndex:
         params: Mapping[str, int] | None = None,
         paths: Sequence[str] | None = None,
         embedder_spec: str | None = None,
+        center: bool = True,
         device: str = "auto",
     ) -> VectorIndex:
-        """Index ``embeddings`` ``[N, D]`` float32 (finite) under ``ids`` (unique strings, one per row)."""
+        """Index ``embeddings`` ``[N, D]`` float32 (finite) under ``ids`` (unique strings, one per row).
+
+        ``center``: subtract the mean of ``embeddings`` from them and from every query (ignored for fewer
+        than 2 vectors, whose mean is not a centre of anything).
+        """
         x = _as_matrix(embeddings, "embeddings")
         if len(ids) != x.shape[0]:
             raise StoreError(f"{len(ids)} ids for {x.shape[0]} embeddings; give one id per row")
@@ -104,6 +117,9 @@ class VectorIndex:
             raise StoreError("ids must be unique")
         if x.shape[0] == 0:
             raise StoreError("cannot build an index from 0 embeddings; embed some audio first")
+        mean = x.mean(axis=0, dtype=np.float64).astype(np.float32) if center and x.shape[0] > 1 else None
+        if mean is not None:
+            x = centered(x, mean)
         chosen = {**default_params(kind, x.shape[0]), **(params or {})}
         index = _new_faiss_index(kind, x.shape[1], chosen)
         if kind == "ivf":
@@ -118,6 +134,7 @@ class VectorIndex:
             params=chosen,
             paths=paths,
             embedder_spec=embedder_spec,
+            center=mean,
             device=device,
         )
 
@@ -136,6 +153,7 @@ class VectorIndex:
             "num_vectors": len(self.ids),
             "fingerprint": self.fingerprint,
             "embedder_spec": self.embedder_spec,
+            "center": None if self.center is None else self.center.tolist(),
             "ids": self.ids,
             "paths": self.paths,
         }
@@ -193,6 +211,7 @@ class VectorIndex:
             params=header["params"],
             paths=header["paths"],
             embedder_spec=header.get("embedder_spec"),
+            center=header.get("center"),
             device=device,
         )
 
@@ -215,6 +234,8 @@ class VectorIndex:
         if k < 1:
             raise StoreError(f"k must be at least 1, got {k}")
         k = min(int(k), len(self.ids))
+        if self.center is not None:
+            q = centered(q, self.center)
         scores, rows = self._search_index.search(q, k)
         return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
 
@@ -226,6 +247,7 @@ def build_index_from_store(
     kind: str = "flat",
     force: bool = False,
     params: Mapping[str, int] | None = None,
+    center: bool = True,
 ) -> Path:
     """Index every committed embedding of the store at ``store_path``; write the index to ``out_path``."""
     from qvimclap.store import EmbeddingStore
@@ -245,9 +267,18 @@ def build_index_from_store(
             params=params,
             paths=store.column("source_path"),
             embedder_spec=store.embedder_spec,
+            center=center,
             device="cpu",
         )
     return index.save(out_path, force=force)
+
+
+def centered(x: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``[N, D]`` minus ``center`` ``[D]``, L2-normalised again (a row equal to the centre stays
+    zero)."""
+    y = np.asarray(x, dtype=np.float32) - center  # a new array: normalised in place below (1M x 512 is 2 GB)
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return y
 
 
 def faiss_has_gpu() -> bool:

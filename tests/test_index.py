@@ -23,19 +23,24 @@ def clustered(rng: np.random.Generator, n: int, dim: int = 32, num_clusters: int
     return l2_normalize(x)
 
 
-def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(x: np.ndarray, q: np.ndarray, k: int, *, center: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    if center:  # by hand, in float64: subtract the library mean, re-normalise both sides
+        m = x.astype(np.float64).mean(0)
+        x, q = (v.astype(np.float64) - m for v in (x, q))
+        x, q = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (x, q))
     sims = q @ x.T
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, order, axis=1), order
 
 
-def test_flat_equals_brute_force(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("center", [True, False])
+def test_flat_equals_brute_force(center: bool, rng: np.random.Generator) -> None:
     x = clustered(rng, 500)
     q = clustered(rng, 20)
     ids = [f"item{i}" for i in range(len(x))]
-    index = VectorIndex.build(x, ids, fingerprint=FP)
+    index = VectorIndex.build(x, ids, fingerprint=FP, center=center)
     scores, found = index.search(q, k=7)
-    ref_scores, ref_rows = brute_force(x, q, 7)
+    ref_scores, ref_rows = brute_force(x, q, 7, center=center)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     assert found == [[ids[r] for r in row] for row in ref_rows]
     # One query as [D]; k beyond the library is clipped to its size.
@@ -56,6 +61,26 @@ def test_approximate_kinds_keep_recall(kind: str, rng: np.random.Generator) -> N
     assert index.params == default_params(kind, 4000)
 
 
+def test_centring_removes_the_shared_direction(rng: np.random.Generator) -> None:
+    """In a narrow cone (like a CLAP space) raw cosine favours the vectors nearest the cone's axis; the
+    default index ranks by the offsets from the library mean instead, which is what tells items apart."""
+    axis = np.zeros(32, dtype=np.float32)
+    axis[0] = 1.0
+    offsets = rng.standard_normal((200, 32)).astype(np.float32)
+    offsets[:, 0] = 0.0
+    scale = rng.uniform(0.02, 0.2, (200, 1)).astype(np.float32)  # some items sit nearer the axis than others
+    x = l2_normalize(axis + scale * l2_normalize(offsets))
+    q = l2_normalize(axis + 0.05 * l2_normalize(offsets[:50]))  # each query points along its item's offset
+    raw = VectorIndex.build(x, [str(i) for i in range(200)], fingerprint=FP, center=False)
+    centred = VectorIndex.build(x, [str(i) for i in range(200)], fingerprint=FP)
+    np.testing.assert_allclose(centred.center, x.mean(0), atol=1e-6)
+    hits_centred = (centred.search_rows(q, 1)[1][:, 0] == np.arange(50)).mean()
+    hits_raw = (raw.search_rows(q, 1)[1][:, 0] == np.arange(50)).mean()
+    assert hits_centred >= 0.9 > hits_raw + 0.3
+    # One vector has no meaningful mean: that index is left uncentred.
+    assert VectorIndex.build(x[:1], ["a"], fingerprint=FP).center is None
+
+
 def test_save_load_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     x = clustered(rng, 300)
     ids = [f"ü{i}" for i in range(300)]
@@ -68,6 +93,7 @@ def test_save_load_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
         loaded = VectorIndex.load(out)
         assert (loaded.ids, loaded.paths, loaded.fingerprint, loaded.kind) == (ids, paths, FP, kind)
         assert loaded.params == index.params and loaded.embedder_spec == "clap:scratch"
+        np.testing.assert_array_equal(loaded.center, index.center)
         np.testing.assert_array_equal(loaded.search_rows(x[:5], 5)[1], index.search_rows(x[:5], 5)[1])
         with pytest.raises(StoreError, match="already exists"):
             index.save(out)
@@ -97,7 +123,7 @@ def test_ivf_on_a_tiny_library(rng: np.random.Generator) -> None:
     x = clustered(rng, 10)  # fewer points than one k-means cell wants: one cell, still exact
     index = VectorIndex.build(x, [str(i) for i in range(10)], fingerprint=FP, kind="ivf")
     assert index.params["nlist"] == 1
-    np.testing.assert_array_equal(index.search_rows(x, 3)[1], brute_force(x, x, 3)[1])
+    np.testing.assert_array_equal(index.search_rows(x, 3)[1], brute_force(x, x, 3, center=True)[1])
 
 
 def test_build_index_from_store(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -52,14 +52,18 @@ def index(
     kind: str = typer.Option(
         "flat", "--kind", help="flat (exact), hnsw or ivf (approximate, large libraries)."
     ),
+    center: bool = typer.Option(
+        True, "--center/--no-center", help="Score by cosine after subtracting the library's mean vector."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing index file."),
 ) -> None:
     """Build a FAISS inner-product index over a store."""
     from qvimclap.api import build_index, open_store
 
-    path = build_index(store, out, kind=kind, force=force)
+    path = build_index(store, out, kind=kind, center=center, force=force)
     with open_store(store) as source:
-        typer.echo(f"{path}: {kind} index of {len(source)} vectors, dim {source.dim}")
+        centring = "centred on the library mean" if center and len(source) > 1 else "raw cosine"
+        typer.echo(f"{path}: {kind} index of {len(source)} vectors, dim {source.dim}, {centring}")
 
 
 @app.command()

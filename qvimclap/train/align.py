@@ -295,9 +295,13 @@ def embed_clips(
 
 
 def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndarray) -> tuple[float, float]:
-    """MRR and recall@1 of queries ``[Q, D]`` against references ``[R, D]`` by cosine (rows normalised)."""
+    """MRR and recall@1 of queries ``[Q, D]`` against references ``[R, D]`` by cosine after centring on the
+    references' mean: the geometry of a default qvimclap index, so the best epoch is the best deployed."""
     from qvimclap.evaluation import mrr, rank_by_similarity, recall_at_k, true_ranks
+    from qvimclap.index import centered
 
+    center = references.mean(0)
+    queries, references = centered(queries, center), centered(references, center)
     ranks = true_ranks(rank_by_similarity(queries @ references.T), true_ref)
     return mrr(ranks), recall_at_k(ranks, 1)
 
