@@ -113,20 +113,24 @@ def query_spec(spec: str) -> str:
     return f"{kind}:{source}"
 
 
-def load_embedder(spec: str) -> AudioEmbedder:
-    """Build the :class:`~qvimclap.models.base.AudioEmbedder` a spec names (see the module docstring)."""
+def load_embedder(spec: str, *, device: str = "auto") -> AudioEmbedder:
+    """Build the :class:`~qvimclap.models.base.AudioEmbedder` a spec names (see the module docstring), on
+    ``device`` (``"auto"``: a CUDA GPU when torch sees one, else the CPU)."""
+    from qvimclap.device import resolve_device
+
     kind, source, tower = parse_embedder_spec(spec)
+    target = resolve_device(device)
     if kind == "clap":
         from qvimclap.models.clap import ClapEncoder
 
-        return ClapEncoder.from_pretrained(source)
+        return ClapEncoder.from_pretrained(source).to(target)
     if kind == "qvim":
         from qvimclap.models.qvim import QvimEncoder
 
-        return QvimEncoder.from_pretrained(source, tower=tower)
+        return QvimEncoder.from_pretrained(source, tower=tower).to(target)
     from qvimclap.models.aligned import AlignedModel
 
-    return AlignedModel.from_pretrained(Path(source).expanduser()).embedder(tower)
+    return AlignedModel.from_pretrained(Path(source).expanduser()).to(target).embedder(tower)
 
 
 def _as_embedder(encoder: str | AudioEmbedder) -> AudioEmbedder:

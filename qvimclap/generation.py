@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qvimclap.device import module_device, resolve_device
 from qvimclap.audio import is_silent, prepare_waveform, resample
 from qvimclap.errors import CheckpointError, QvimclapError, first_line
 from qvimclap.files import atomic_path
@@ -216,8 +217,11 @@ class AudioLdm:
         return Path(self.cache_dir) / f"audioldm-unconditional-{key}.npy"
 
     def _text_embeds(self, tokens: Any) -> np.ndarray:
+        device = module_device(self.text_encoder)
         with torch.no_grad():
-            out = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)
+            out = self.text_encoder(
+                tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+            )
         embeds = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
         return embeds.cpu().numpy().astype(np.float32)
 
@@ -275,8 +279,11 @@ def resolve_audioldm_dir(source: str | Path) -> Path:
     raise CheckpointError(f"AudioLDM weights not found: '{text}' is not a folder; " + DOWNLOAD_HINT)
 
 
-def load_audioldm(source: str | Path, *, cache_dir: str | Path | None = None) -> AudioLdm:
-    """Load the components of a diffusers AudioLDM folder (or cached hub id) in float32 on CPU.
+def load_audioldm(
+    source: str | Path, *, cache_dir: str | Path | None = None, device: str = "auto"
+) -> AudioLdm:
+    """Load the components of a diffusers AudioLDM folder (or cached hub id) in float32 on ``device``
+    (``"auto"``: a CUDA GPU when torch sees one, else the CPU).
 
     ``cache_dir`` holds the cached null condition (default :func:`default_cache_dir`). Raises
     :class:`CheckpointError` for a missing or wrong folder (e.g. AudioLDM 2 or Stable Diffusion).
@@ -295,10 +302,13 @@ def load_audioldm(source: str | Path, *, cache_dir: str | Path | None = None) ->
     vocoder = _load_component(SpeechT5HifiGan, root / "vocoder", dtype=torch.float32)
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     text_encoder, tokenizer = _load_text_tower(root)
+    target = resolve_device(device)
+    if text_encoder is not None:
+        text_encoder = text_encoder.to(target)
     audioldm = AudioLdm(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        vocoder=vocoder.eval(),
+        unet=unet.to(target).eval(),
+        vae=vae.to(target).eval(),
+        vocoder=vocoder.to(target).eval(),
         scheduler_config=scheduler_config,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -470,7 +480,7 @@ def generate(
     embeds = _condition_batch(audioldm, cond, unconditional, config.num_candidates, guided)  # [(1|2) N, 512]
     generator = torch.Generator("cpu").manual_seed(config.seed)
     scheduler = audioldm.make_scheduler(config.scheduler)
-    scheduler.set_timesteps(config.num_steps, device="cpu")
+    scheduler.set_timesteps(config.num_steps, device=audioldm.unet.device)
     latents = _initial_latents(audioldm, scheduler, config.num_candidates, num_latent_frames, generator)
     step_kwargs = _step_kwargs(scheduler, generator, config.eta)
     with torch.no_grad():
@@ -513,7 +523,7 @@ def _condition_batch(
         if null.shape != (CONDITION_DIM,) or not np.isfinite(null).all():
             raise GenerationError(f"unconditional condition must be a finite [{CONDITION_DIM}] vector")
         rows.insert(0, torch.from_numpy(null)[None].repeat(num, 1))
-    return torch.cat(rows).to(audioldm.unet.dtype)
+    return torch.cat(rows).to(device=audioldm.unet.device, dtype=audioldm.unet.dtype)
 
 
 def _initial_latents(
@@ -523,7 +533,8 @@ def _initial_latents(
 
     bins = int(audioldm.vocoder.config.model_in_dim) // audioldm.vae_scale_factor
     shape = (num, audioldm.unet.config.in_channels, num_latent_frames, bins)
-    latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=audioldm.unet.dtype)
+    # Drawn on the CPU generator and moved, as the pipeline does: the same seed gives the same noise anywhere.
+    latents = randn_tensor(shape, generator=generator, device=audioldm.unet.device, dtype=audioldm.unet.dtype)
     return latents * scheduler.init_noise_sigma
 
 

@@ -88,6 +88,9 @@ def align(
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="CLAP targets cache (default <data>/.qvimclap-cache)."
     ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue a killed run from its last epoch checkpoint."
     ),
@@ -124,6 +127,7 @@ def align(
         val_fraction=val_fraction,
         seed=seed,
         cache_dir=None if cache_dir is None else str(cache_dir),
+        device=device,
     )
     result = train_alignment(config, resume=resume, force=force, progress=progress)
     if result is None:  # a non-zero rank under torchrun

@@ -31,6 +31,7 @@ from qvimclap.config import require_known_keys
 from qvimclap.errors import CheckpointError
 from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
+from qvimclap.device import module_device
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.heads import HeadConfig, ProjectionHead
 
@@ -201,6 +202,7 @@ class AlignedModel(nn.Module):
             raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
         encoder = self.imitation_tower if tower == "imitation" else self.reference_tower
         head = self.imitation_head if tower == "imitation" else self.reference_head
+        waveforms = waveforms.to(module_device(head))  # batches are built on the CPU
         return nn.functional.normalize(head(_pooled(encoder, waveforms)), dim=-1, eps=1e-8)
 
     def forward(

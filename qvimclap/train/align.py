@@ -49,6 +49,7 @@ from torch import nn
 
 from qvimclap.audio import load_audio
 from qvimclap.config import require_known_keys
+from qvimclap.device import resolve_device
 from qvimclap.errors import QvimclapError, StoreError
 from qvimclap.files import atomic_path
 from qvimclap.models.aligned import SAMPLE_RATE, AlignedModel
@@ -105,6 +106,7 @@ class AlignConfig:
     bn_batches: int = 8
     time_mask_fraction: float = 0.2
     cache_dir: str | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         LossConfig.from_dict(self.loss)  # validates
@@ -343,7 +345,7 @@ def prepare_run_dir(out: Path, config: AlignConfig, *, resume: bool, force: bool
         saved = AlignConfig.from_dict(json.loads(config_path.read_text()))
         given, before = config.to_dict(), saved.to_dict()
         given["data"], before["data"] = str(Path(config.data).resolve()), str(Path(saved.data).resolve())
-        diff = [k for k in given if k != "out" and given[k] != before[k]]
+        diff = [k for k in given if k not in ("out", "device") and given[k] != before[k]]
         if diff:
             raise StoreError(
                 f"{out}: --resume with different settings ({', '.join(diff)}); "
@@ -569,6 +571,7 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
     from tqdm.auto import tqdm
 
     start_time = time.monotonic()
+    device = resolve_device(config.device)  # before any work: a wrong --device fails at once
     rank, world = init_distributed()
     out = Path(config.out)
     if config.batch_size % world:
@@ -591,9 +594,13 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
             "lower --batch-size"
         )
     train_refs = np.unique(train_data.pairs[:, 1])
-    center = data["targets"][train_refs].mean(0)  # [D], the mean CLAP target of the training references
+    all_targets = data["targets"].to(device)
+    center = all_targets[train_refs].mean(0)  # [D], the mean CLAP target of the training references
+    bank = all_targets[train_refs]  # [K, D]: every training reference's target, the negatives of clap_bank
+    bank_position = torch.full((len(all_targets),), -1, dtype=torch.long, device=device)
+    bank_position[torch.as_tensor(train_refs, device=device)] = torch.arange(len(train_refs), device=device)
     # 3. model, optimiser, schedule
-    model = build_model(config, data["fingerprint"])
+    model = build_model(config, data["fingerprint"]).to(device)
     model.train()
     groups = model.parameter_groups()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -621,7 +628,9 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=not use_reference and not config.shared_towers
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not use_reference and not config.shared_towers,
         )
     if rank == 0:
         write_metrics(out, history)
@@ -637,7 +646,8 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
         )
         for batch_indices in bar:
             batch = collate_pairs([train_data[i] for i in batch_indices])
-            targets = data["targets"][batch["reference_index"]]
+            reference_index = batch["reference_index"].to(device)
+            targets = all_targets[reference_index]
             imitation, reference = train_model(
                 batch["imitation"], batch["reference"] if use_reference else None
             )
@@ -646,8 +656,10 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
                 reference,
                 targets,
                 loss_config,
-                groups=batch["reference_index"],
+                groups=reference_index,
                 center=center,
+                bank=bank,
+                bank_index=bank_position[reference_index],
             )
             if not torch.isfinite(loss):
                 files = _batch_files(train_data, batch["pair_index"], data["paths"])
