@@ -353,7 +353,8 @@ def build_index(
 ) -> Path:
     """Build a FAISS index (``flat`` exact, ``hnsw`` or ``ivf``) over a store; returns the index path.
 
-    ``center`` (default): scores are cosines after subtracting the library's mean vector (stored in the index).
+    ``center`` (default): scores are cosines after subtracting the library's mean vector (stored in the
+    index).
     """
     return build_index_from_store(store_path, out_path, kind=kind, center=center, force=force)
 

@@ -253,7 +253,7 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
         text = str(model)
         source = text[len("aligned:") :] if text.startswith("aligned:") else text
         if not text.startswith("qvim:") and is_aligned_model_dir(Path(source).expanduser()):
-            aligned, label = AlignedModel.from_pretrained(Path(source).expanduser()), source
+            aligned, label = AlignedModel.from_pretrained(Path(source).expanduser()).to(_device()), source
     if aligned is not None:
         queries = aligned.embedder("imitation")
         if space == "qvim":
@@ -275,9 +275,9 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
     from qvimclap.models.qvim import QvimEncoder
 
     source = str(model)[len("qvim:") :] if str(model).startswith("qvim:") else str(model)
-    imitation = QvimEncoder.from_pretrained(source, tower="imitation")
+    imitation = QvimEncoder.from_pretrained(source, tower="imitation").to(_device())
     try:
-        reference = QvimEncoder.from_pretrained(source, tower="reference")
+        reference = QvimEncoder.from_pretrained(source, tower="reference").to(_device())
     except CheckpointError:
         reference = imitation  # a one-tower file: both sides share it
     return imitation, reference, source
@@ -286,13 +286,19 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
 def _clap_embedder(clap: Any, aligned: Any) -> Any:
     from qvimclap.models.clap import ClapEncoder
 
-    if clap is None:
-        return ClapEncoder.from_pretrained(
-            aligned.config.clap_source, preprocessing=aligned.config.clap_preprocessing
+    if clap is None or isinstance(clap, (str, Path)):
+        source = aligned.config.clap_source if clap is None else str(clap)
+        return ClapEncoder.from_pretrained(source, preprocessing=aligned.config.clap_preprocessing).to(
+            _device()
         )
-    if isinstance(clap, (str, Path)):
-        return ClapEncoder.from_pretrained(str(clap), preprocessing=aligned.config.clap_preprocessing)
     return clap
+
+
+def _device() -> Any:
+    """Models this module loads itself run on the default device (a CUDA GPU when present)."""
+    from qvimclap.device import resolve_device
+
+    return resolve_device("auto")
 
 
 def _embed_paths(paths: list[Path], embedder: Any, batch_size: int) -> np.ndarray:

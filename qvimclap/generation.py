@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from qvimclap.device import module_device, resolve_device
 from qvimclap.audio import is_silent, prepare_waveform, resample
+from qvimclap.device import module_device, resolve_device
 from qvimclap.errors import CheckpointError, QvimclapError, first_line
 from qvimclap.files import atomic_path
 from qvimclap.models.base import AudioEmbedder, l2_normalize

@@ -5,7 +5,8 @@ An index file is one file, written atomically::
     b"QVIMIDX1" | uint64 little-endian header length | UTF-8 JSON header | faiss.serialize_index bytes
 
 The JSON header holds ``kind``, search ``params``, ``dim``, ``num_vectors``, the store's ``fingerprint`` and
-``embedder_spec``, the ``center`` (or null), and the ``ids`` and source ``paths`` of every vector in faiss order.
+``embedder_spec``, the ``center`` (or null), and the ``ids`` and source ``paths`` of every vector in faiss
+order.
 
 Scores are cosine similarities after centring: by default an index subtracts the mean of the vectors it holds
 (the ``center``, fitted once at build time and stored) from them and from every query, and re-normalises

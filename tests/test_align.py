@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qvimclap.data.synth import make_corpus
+from qvimclap.models.base import l2_normalize
 from qvimclap.train import align as align_module
 from qvimclap.train.align import (
     AlignConfig,
@@ -312,3 +313,15 @@ def test_precise_batch_norm_makes_eval_mode_match_train_mode():
     cos_precise = (precise * train_mode).sum(1)
     cos_stale = (stale * train_mode).sum(1)
     assert cos_precise.min() > 0.95 and cos_stale.max() < 0.9
+
+
+def test_validation_ranks_like_a_default_index():
+    """Validation MRR uses the deployed geometry (cosine after subtracting the references' mean). Here raw
+    cosine puts the true reference second (MRR 0.5); centred, it is first."""
+    from qvimclap.train.align import retrieval_mrr
+
+    references = l2_normalize(np.array([[1.0, 0.3], [1.0, -0.1], [1.0, -0.2]], dtype=np.float32))
+    query = l2_normalize(np.array([[1.0, 0.05]], dtype=np.float32))
+    raw_order = np.argsort(-(query @ references.T)[0])
+    assert raw_order.tolist()[:2] == [1, 0]  # raw cosine: the wrong reference first
+    assert retrieval_mrr(query, references, np.array([0])) == (1.0, 1.0)

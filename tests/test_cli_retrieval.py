@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +14,7 @@ from qvimclap.cli import app
 from qvimclap.cli._app import USER_ERROR_EXIT
 from qvimclap.data import open_dataset
 from qvimclap.data.synth import make_corpus
+from qvimclap.index import VectorIndex
 from qvimclap.store import EmbeddingStore
 
 ENCODER = "qvim:scratch:mn04"
@@ -38,7 +40,14 @@ def test_embed_index_search(corpus: Path, tmp_path: Path) -> None:
 
     code, out, err = run("index", store_path, "--out", index_path)
     assert code == 0, err
-    assert "flat index of 4 vectors, dim 384" in out
+    assert "flat index of 4 vectors, dim 384, centred on the library mean" in out
+    raw_path = tmp_path / "indexes" / "raw.faiss"
+    code, out, err = run("index", store_path, "--out", raw_path, "--no-center")
+    assert code == 0 and "raw cosine" in out, err
+    with EmbeddingStore.open(store_path) as store:
+        vectors = np.asarray(store.embeddings)
+    assert VectorIndex.load(raw_path).center is None
+    np.testing.assert_allclose(VectorIndex.load(index_path).center, vectors.mean(0), atol=1e-6)
     code, _, err = run("index", store_path, "--out", index_path)
     assert code == USER_ERROR_EXIT and err.startswith("Error: ") and "--force" in err
     assert run("index", store_path, "--out", index_path, "--kind", "hnsw", "--force")[0] == 0

@@ -1,4 +1,4 @@
-"""One device rule: auto picks a GPU only when torch sees one; bad names and absent GPUs are one-line errors."""
+"""One device rule: auto picks a GPU only when torch sees one; bad names, absent GPUs: one-line errors."""
 
 from __future__ import annotations
 

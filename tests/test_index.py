@@ -23,7 +23,9 @@ def clustered(rng: np.random.Generator, n: int, dim: int = 32, num_clusters: int
     return l2_normalize(x)
 
 
-def brute_force(x: np.ndarray, q: np.ndarray, k: int, *, center: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(
+    x: np.ndarray, q: np.ndarray, k: int, *, center: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     if center:  # by hand, in float64: subtract the library mean, re-normalise both sides
         m = x.astype(np.float64).mean(0)
         x, q = (v.astype(np.float64) - m for v in (x, q))

@@ -28,10 +28,10 @@ from torch import nn
 
 from qvimclap.audio import pad_or_crop
 from qvimclap.config import require_known_keys
+from qvimclap.device import module_device
 from qvimclap.errors import CheckpointError
 from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
-from qvimclap.device import module_device
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.heads import HeadConfig, ProjectionHead
 

@@ -596,9 +596,6 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
     train_refs = np.unique(train_data.pairs[:, 1])
     all_targets = data["targets"].to(device)
     center = all_targets[train_refs].mean(0)  # [D], the mean CLAP target of the training references
-    bank = all_targets[train_refs]  # [K, D]: every training reference's target, the negatives of clap_bank
-    bank_position = torch.full((len(all_targets),), -1, dtype=torch.long, device=device)
-    bank_position[torch.as_tensor(train_refs, device=device)] = torch.arange(len(train_refs), device=device)
     # 3. model, optimiser, schedule
     model = build_model(config, data["fingerprint"]).to(device)
     model.train()
@@ -658,8 +655,6 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
                 loss_config,
                 groups=reference_index,
                 center=center,
-                bank=bank,
-                bank_index=bank_position[reference_index],
             )
             if not torch.isfinite(loss):
                 files = _batch_files(train_data, batch["pair_index"], data["paths"])

@@ -55,7 +55,6 @@ class LossConfig:
     clap_temperature: float = 0.07
     symmetric: bool = True
     center: bool = True
-    clap_bank: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -113,14 +112,6 @@ def info_nce(
     return loss
 
 
-def bank_info_nce(a: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, *, temperature: float) -> torch.Tensor:
-    """Cross-entropy of each row of ``a`` ``[B, D]`` against every row of ``bank`` ``[K, D]`` (all training
-    references' CLAP targets), the true one being ``bank[index]``: every other sound is a negative, not only
-    the batch's."""
-    logits = F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
-    return F.cross_entropy(logits, index)
-
-
 def alignment_loss(
     imitation: torch.Tensor,
     reference: torch.Tensor | None,
@@ -129,8 +120,6 @@ def alignment_loss(
     *,
     groups: torch.Tensor | None = None,
     center: torch.Tensor | None = None,
-    bank: torch.Tensor | None = None,
-    bank_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the configured terms, and each unweighted term (detached) for logging.
 
@@ -142,9 +131,6 @@ def alignment_loss(
         assert center is not None, "LossConfig(center=True) needs the mean CLAP target"
         imitation, clap = imitation - center, clap - center
         reference = None if reference is None else reference - center
-        bank = None if bank is None else bank - center
-    use_bank = config.clap_bank and config.kind == "infonce"
-    assert not use_bank or (bank is not None and bank_index is not None), "clap_bank needs bank, bank_index"
     pairs = {
         "imitation_clap": (imitation, clap),
         "reference_clap": (reference, clap),
@@ -159,8 +145,6 @@ def alignment_loss(
         assert a is not None and b is not None, f"loss term {name} needs the reference embeddings"
         if config.kind == "cosine":
             value = cosine_loss(a, b)
-        elif use_bank and name.endswith("_clap"):
-            value = bank_info_nce(a, bank, bank_index, temperature=config.clap_temperature)
         else:
             temperature = config.clap_temperature if name.endswith("_clap") else config.temperature
             value = info_nce(a, b, temperature=temperature, symmetric=config.symmetric, groups=groups)
