@@ -102,7 +102,7 @@ def run_demo(
     # 4. a sound library indexed once with CLAP, searched by a held-out imitation through the aligned model
     store_path = out / "embeddings" / "references.h5"
     index_path = out / "indexes" / "references.faiss"
-    api.embed_dataset(corpus, f"clap:{config.clap}", store_path, force=True, progress=progress)
+    _library_from_targets(corpus, config, Path(cache_dir), store_path)
     api.build_index(store_path, index_path, force=True)
     query = val.pairs[0]
     index = api.load_index(index_path)
@@ -129,6 +129,33 @@ def run_demo(
         generated_path=generated,
         timings_s=timings,
     )
+
+
+def _library_from_targets(corpus: Path, config: Any, cache_dir: Path, store_path: Path) -> None:
+    """The references' store, filled from the CLAP targets that training cached (CLAP ran once per sound);
+    the same store `qvimclap embed corpus --encoder clap:...` writes."""
+    from qvimclap import api
+    from qvimclap.data import open_dataset
+    from qvimclap.store import EmbeddingStore
+    from qvimclap.train.align import load_clap
+    from qvimclap.train.targets import clap_targets
+
+    dataset = open_dataset(corpus)
+    clap = load_clap(config.clap, config.clap_preprocessing)
+    references = list(dataset.references)
+    vectors = clap_targets(references, clap, root=dataset.root, cache_dir=cache_dir)
+    # A clap: spec means AudioLDM-style preprocessing; a store of other vectors records no spec.
+    spec = api.canonical_spec(f"clap:{config.clap}") if clap.preprocessing == "audioldm" else None
+    with EmbeddingStore.create(
+        store_path,
+        clap.fingerprint(),
+        clap.embedding_dim,
+        force=True,
+        embedder_spec=spec,
+        capacity=len(references),
+    ) as store:
+        ids = [api._item_id(p, dataset.root) for p in references]
+        store.append(ids, vectors, [api._metadata_row(p, dataset) for p in references])
 
 
 def _generate(generator: Any, imitation: Path, model_spec: str, out_path: Path) -> Path:

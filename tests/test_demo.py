@@ -40,6 +40,15 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
     assert result.query_path in val.queries
     with api.open_store(result.store_path) as store:
         assert len(store) == 14
+        assert store.embedder_spec == "clap:scratch"
+    # The library was filled from the training targets, and it is exactly what `embed` writes: embedding the
+    # corpus into it again finds every reference stored under the same fingerprint and adds nothing.
+    report = api.embed_dataset(result.corpus_dir, "clap:scratch", result.store_path, progress=False)
+    assert (report.num_added, report.num_skipped) == (0, 14)
+    first = open_dataset(result.corpus_dir).references[0]
+    with api.open_store(result.store_path) as store:
+        stored = store.get([first.relative_to(result.corpus_dir).as_posix()])[0]
+    np.testing.assert_allclose(stored, api.embed_file(first, "clap:scratch"), atol=1e-5)
     assert len(result.hits) == 5 and result.num_indexed == 14
     assert 1 <= result.true_rank <= 14
     assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
