@@ -195,7 +195,7 @@ def embed_dataset(
     fingerprint must match) unless ``force`` replaces it; with ``resume=False`` an existing store is an error.
     Unusable files are listed in the report, not fatal.
     """
-    from qvimclap.data import open_dataset
+    from qvimclap.data import item_id, open_dataset
 
     # 1. Inputs: dataset files, embedder, ids.
     if items not in ITEM_SETS:
@@ -207,7 +207,7 @@ def embed_dataset(
         raise StoreError(f"{out_path}: store already exists; pass --force to replace it or resume it")
     embedder = load_embedder(embedder_spec)
     fingerprint = embedder.fingerprint()
-    ids = [_item_id(path, dataset.root) for path in files]
+    ids = [item_id(path, dataset.root) for path in files]
 
     # 2. The store: resume (matching fingerprint) or create.
     if out_path.exists() and not force:
@@ -297,13 +297,6 @@ def _dataset_files(dataset: Dataset, items: str) -> list[Path]:
     if items == "queries":
         return list(dataset.queries)
     return list(dict.fromkeys([*dataset.references, *dataset.queries]))
-
-
-def _item_id(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:  # a pairs file may point outside its folder
-        return path.as_posix()
 
 
 def _metadata_row(path: Path, dataset: Dataset) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def _library_from_targets(corpus: Path, config: Any, cache_dir: Path, store_path
     """The references' store, filled from the CLAP targets that training cached (CLAP ran once per sound);
     the same store `qvimclap embed corpus --encoder clap:...` writes."""
     from qvimclap import api
-    from qvimclap.data import open_dataset
+    from qvimclap.data import item_id, open_dataset
     from qvimclap.store import EmbeddingStore
     from qvimclap.train.align import load_clap
     from qvimclap.train.targets import clap_targets
@@ -154,7 +154,7 @@ def _library_from_targets(corpus: Path, config: Any, cache_dir: Path, store_path
         embedder_spec=spec,
         capacity=len(references),
     ) as store:
-        ids = [api._item_id(p, dataset.root) for p in references]
+        ids = [item_id(p, dataset.root) for p in references]
         store.append(ids, vectors, [api._metadata_row(p, dataset) for p in references])
 
 

@@ -30,6 +30,20 @@ from qvimclap.errors import DatasetError
 LAYOUTS = ("vimsketch", "qvim-dev", "pairs", "folder")
 
 
+def item_id(path: str | Path, root: str | Path) -> str:
+    """The store id of a dataset file: its path relative to the dataset root, with ``/`` separators (the
+    absolute path for a file outside the root, which a pairs file may point to).
+
+    Symbolic links are kept as they are (not resolved), so a corpus whose folders are links still gets ids
+    relative to its own root. Every store keys its rows by these ids (embeddings and the CLAP targets cache).
+    """
+    path, root = Path(path).absolute(), Path(root).absolute()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 @dataclass(frozen=True)
 class Pair:
     """One vocal imitation (``query_path``) of one reference sound, with the reference's class ``label``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from qvimclap.audio import load_audio
+from qvimclap.data import item_id
 from qvimclap.errors import CheckpointError, StoreError
 from qvimclap.fingerprint import fingerprint_id
 from qvimclap.models.base import AudioEmbedder
@@ -42,19 +43,6 @@ def targets_path(cache_dir: Path, clap_fingerprint: dict) -> Path:
     return Path(cache_dir) / f"clap-{fingerprint_id(clap_fingerprint)}.h5"
 
 
-def reference_id(path: Path, root: Path) -> str:
-    """The store id of a reference: its path relative to the dataset root, with ``/`` separators.
-
-    Symbolic links are kept as they are (not resolved), so a corpus whose folders are links still gets ids
-    relative to its own root.
-    """
-    path, root = Path(path).absolute(), Path(root).absolute()
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
 def clap_targets(
     references: Sequence[Path],
     clap: AudioEmbedder,
@@ -73,7 +61,7 @@ def clap_targets(
 
     fingerprint = clap.fingerprint()
     path = targets_path(cache_dir, fingerprint)
-    ids = [reference_id(p, root) for p in references]
+    ids = [item_id(p, root) for p in references]
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         EmbeddingStore.create(path, fingerprint, clap.embedding_dim).close()
