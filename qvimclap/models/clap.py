@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from qvimclap.audio import is_silent, resample
+from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError, SilentAudioError
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize
@@ -253,7 +254,7 @@ class ClapEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return module_device(self.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """Encoder, architecture, weights hash, preprocessing and vector space (``"clap:" + sha[:12]``)."""

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from qvimclap.config import require_known_keys
+from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.files import atomic_path
 from qvimclap.models.base import l2_normalize
@@ -229,7 +230,7 @@ class QvimEncoder(nn.Module):
         return waveforms.to(device=param.device, dtype=param.dtype)
 
     def _device(self) -> torch.device:
-        return next(self.mn.parameters()).device
+        return module_device(self.mn)
 
     # -- persistence -------------------------------------------------------------------------------
 
