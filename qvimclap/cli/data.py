@@ -28,12 +28,18 @@ def synth(
     imitations: int = typer.Option(3, "--imitations", help="Vocal imitations per reference."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same corpus."),
     force: bool = typer.Option(False, "--force", help="Replace an existing corpus folder."),
+    family: str = typer.Option(
+        "synth",
+        "--family",
+        help="Corpus family: 'synth' (14 kinds, controls re-voiced) or 'foley' (12 other kinds, another "
+        "imitator that listens and hums, whistles, hisses or beatboxes).",
+    ),
 ) -> None:
-    """Write the built-in imitation corpus (14 kinds of synthetic sounds, vocal imitations) as pairs.csv."""
+    """Write a built-in imitation corpus (synthetic sounds and vocal imitations of them) as pairs.csv."""
     from qvimclap.data.synth import make_corpus
 
     folder = make_corpus(
-        out, num_references=refs, imitations_per_reference=imitations, seed=seed, force=force
+        out, num_references=refs, imitations_per_reference=imitations, seed=seed, force=force, family=family
     )
     typer.echo(f"{folder}: {refs} references, {refs * imitations} imitations (pairs.csv)")
 

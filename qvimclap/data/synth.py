@@ -684,6 +684,44 @@ _IMITATION_FORMATS = (
 )
 
 
+@dataclass(frozen=True)
+class Family:
+    """A corpus family: its reference kinds, how a reference is drawn and how it is imitated.
+
+    ``reference(kind, rng) -> (audio, sample_rate, state)``; ``imitation(state, rng) -> (audio, sample_rate)``
+    where ``state`` is whatever the family's imitator works from (this family: the reference's
+    :class:`Controls`; ``foley``: the reference audio itself).
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    reference: Callable[[str, np.random.Generator], tuple[np.ndarray, int, object]]
+    imitation: Callable[[object, np.random.Generator], tuple[np.ndarray, int]]
+
+
+def _synth_family() -> Family:
+    return Family("synth", tuple(KINDS), make_reference, make_imitation)  # type: ignore[arg-type]
+
+
+def _foley_family() -> Family:
+    from qvimclap.data import synth_foley
+
+    def reference(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, int, object]:
+        audio, sample_rate = synth_foley.make_reference(kind, rng)
+        return audio, sample_rate, (audio, sample_rate)
+
+    def imitation(state: object, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        audio, sample_rate = state  # type: ignore[misc]
+        return synth_foley.make_imitation(audio, sample_rate, rng)
+
+    return Family("foley", tuple(synth_foley.KINDS), reference, imitation)
+
+
+#: Corpus families by name: ``synth`` (this module, the default) and ``foley``
+#: (:mod:`qvimclap.data.synth_foley`, another sound generator and another imitator).
+FAMILIES: dict[str, Callable[[], Family]] = {"synth": _synth_family, "foley": _foley_family}
+
+
 def make_corpus(
     out_dir: str | Path,
     *,
@@ -691,13 +729,15 @@ def make_corpus(
     imitations_per_reference: int = 3,
     seed: int = 0,
     force: bool = False,
+    family: str = "synth",
 ) -> Path:
-    """Write a ``pairs.csv`` corpus to ``out_dir`` and return the folder.
+    """Write a ``pairs.csv`` corpus of ``family`` (see :data:`FAMILIES`) to ``out_dir`` and return the folder.
 
     Layout: ``references/<kind>_<i>.wav``, ``imitations/<kind>_<i>_<j>.{wav,flac}``, ``pairs.csv`` (columns
     imitation,reference,label; label = kind) and ``corpus.json`` (how it was made). Kinds are dealt
     round-robin in a seeded order, so every kind has ``num_references / len(KINDS)`` instances, give or
-    take one. The folder appears complete or not at all (written to a temporary sibling, then renamed). An
+    take one (``KINDS`` of ``family``). The folder appears complete or not at all (written to a temporary
+    sibling, then renamed). An
     existing ``out_dir`` is replaced only with ``force`` and only if it is empty or an earlier corpus.
     """
     from qvimclap import __version__
@@ -709,9 +749,12 @@ def make_corpus(
             f"a corpus needs at least 1 reference and 1 imitation each, got {num_references} and "
             f"{imitations_per_reference}"
         )
+    if family not in FAMILIES:
+        raise DatasetError(f"unknown corpus family {family!r}; choose one of {', '.join(FAMILIES)}")
     out_dir = Path(out_dir).absolute()
     _check_output(out_dir, force=force)
-    kinds = list(KINDS)
+    generator = FAMILIES[family]()
+    kinds = list(generator.kinds)
     deal = np.resize(np.arange(len(kinds)), num_references)
     np.random.default_rng(seed).shuffle(deal)
 
@@ -724,11 +767,11 @@ def make_corpus(
         for i, k in enumerate(deal):
             rng = np.random.default_rng([seed, i])
             kind = kinds[k]
-            audio, sample_rate, controls = make_reference(kind, rng)
+            audio, sample_rate, state = generator.reference(kind, rng)
             ref_path = tmp / "references" / f"{kind}_{i:04d}.wav"
             sf.write(str(ref_path), audio, sample_rate, subtype="PCM_16")
             for j in range(imitations_per_reference):
-                imitation, imitation_rate = make_imitation(controls, rng)
+                imitation, imitation_rate = generator.imitation(state, rng)
                 suffix, subtype = _IMITATION_FORMATS[rng.integers(len(_IMITATION_FORMATS))]
                 query_path = tmp / "imitations" / f"{kind}_{i:04d}_{j}{suffix}"
                 sf.write(str(query_path), imitation, imitation_rate, subtype=subtype)
@@ -737,7 +780,8 @@ def make_corpus(
                 logger.info("synth: %d / %d references", i + 1, num_references)
         write_pairs_csv(tmp / PAIRS_CSV, pairs, root=tmp)
         info = {
-            "generator": "qvimclap.data.synth",
+            "generator": "qvimclap.data.synth" if family == "synth" else "qvimclap.data.synth_foley",
+            "family": family,
             "qvimclap_version": __version__,
             "seed": seed,
             "num_references": num_references,
