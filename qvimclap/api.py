@@ -10,7 +10,8 @@ A typical session::
         print(hit.rank, f"{hit.score:.3f}", hit.id, hit.path)
 
 Embedder specs (:func:`load_embedder`): ``clap:scratch``, ``clap:<folder, hub id, .pt or .ckpt>``,
-``qvim:scratch:mn04``, ``qvim:<checkpoint>``, ``aligned:<dir>`` or just ``<dir>``; a ``#reference`` suffix
+``qvim:scratch:mn04``, ``qvim:<checkpoint>``, ``aisfx`` (the weights of the installed ``aisfx`` package),
+``aisfx:<checkpoint.pth or saved folder>``, ``aligned:<dir>`` or just ``<dir>``; a ``#reference`` suffix
 picks the reference tower of two-tower models. A store remembers its spec, so search can re-create the query
 encoder: the same spec without ``#reference`` (queries are imitations, embedded by the imitation tower).
 """
@@ -80,20 +81,25 @@ class EmbedReport:
 
 # ---------------------------------------------------------------------------------------------- embedders
 def parse_embedder_spec(spec: str) -> tuple[str, str, str]:
-    """``spec`` -> ``(kind, source, tower)`` with kind ``"clap"``, ``"qvim"`` or ``"aligned"``."""
+    """``spec`` -> ``(kind, source, tower)`` with kind ``"clap"``, ``"qvim"``, ``"aisfx"`` or ``"aligned"``.
+
+    ``source`` is ``""`` for a bare ``aisfx`` (the installed package's weights)."""
     text = str(spec).strip()
     tower = "imitation"
     for suffix, name in _TOWER_SUFFIXES.items():
         if text.endswith(suffix):
             text, tower = text[: -len(suffix)], name
-    for kind in ("clap", "qvim", "aligned"):
+    if text == "aisfx":
+        return "aisfx", "", tower
+    for kind in ("clap", "qvim", "aisfx", "aligned"):
         if text.startswith(kind + ":") and len(text) > len(kind) + 1:
             return kind, text[len(kind) + 1 :], tower
     if text and Path(text).expanduser().is_dir():
         return "aligned", text, tower
     raise CheckpointError(
         f"encoder spec {spec!r} is not understood; use clap:scratch, clap:<CLAP folder or checkpoint>, "
-        "qvim:scratch:mn04, qvim:<checkpoint>, aligned:<model folder> or a model folder "
+        "qvim:scratch:mn04, qvim:<checkpoint>, aisfx, aisfx:<checkpoint.pth or folder>, "
+        "aligned:<model folder> or a model folder "
         "(add #reference for the reference tower)"
     )
 
@@ -102,15 +108,19 @@ def canonical_spec(spec: str) -> str:
     """The spec with an existing relative path made absolute, so it still works from another folder."""
     kind, source, tower = parse_embedder_spec(spec)
     path = Path(source).expanduser()
-    if not source.startswith("scratch") and path.exists():
+    if source and not source.startswith("scratch") and path.exists():
         source = str(path.resolve())
-    return f"{kind}:{source}" + ("#reference" if tower == "reference" else "")
+    return _format_spec(kind, source) + ("#reference" if tower == "reference" else "")
 
 
 def query_spec(spec: str) -> str:
     """The spec of the encoder for queries (imitations) against a store built with ``spec``."""
     kind, source, _ = parse_embedder_spec(spec)
-    return f"{kind}:{source}"
+    return _format_spec(kind, source)
+
+
+def _format_spec(kind: str, source: str) -> str:
+    return f"{kind}:{source}" if source else kind
 
 
 def load_embedder(spec: str, *, device: str = "auto") -> AudioEmbedder:
@@ -128,6 +138,10 @@ def load_embedder(spec: str, *, device: str = "auto") -> AudioEmbedder:
         from qvimclap.models.qvim import QvimEncoder
 
         return QvimEncoder.from_pretrained(source, tower=tower).to(target)
+    if kind == "aisfx":  # one tower: #reference names the same network
+        from qvimclap.models.aisfx import AisfxEncoder
+
+        return AisfxEncoder.from_pretrained(source or None).to(target)
     from qvimclap.models.aligned import AlignedModel
 
     return AlignedModel.from_pretrained(Path(source).expanduser()).to(target).embedder(tower)

@@ -20,7 +20,7 @@ def embed(
         ...,
         "--encoder",
         "-e",
-        help="clap:scratch, clap:<path>, qvim:scratch:mn04, qvim:<ckpt>, <aligned dir>.",
+        help="clap:scratch, clap:<path>, qvim:scratch:mn04, qvim:<ckpt>, aisfx, aisfx:<path>, <aligned dir>.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Store to write, e.g. embeddings/NAME.h5."),
     items: str = typer.Option("references", "--items", help="references, queries or all."),
