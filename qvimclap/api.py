@@ -19,6 +19,7 @@ encoder: the same spec without ``#reference`` (queries are imitations, embedded 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,27 +212,26 @@ def embed_dataset(
     """
     from qvimclap.data import item_id, open_dataset
 
-    # 1. Inputs: dataset files, embedder, ids.
+    # 1. Inputs: dataset files, embedder, ids (all checked before a store is made).
     if items not in ITEM_SETS:
         raise StoreError(f"items must be one of {', '.join(ITEM_SETS)}, got {items!r}")
+    _check_batch_size(batch_size)
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise StoreError(
+            f"{out_path}: is a folder; --out takes the store's file name, e.g. {out_path / 'NAME.h5'}"
+        )
     dataset = open_dataset(data_path)
     files = _dataset_files(dataset, items)
-    out_path = Path(out_path)
     if out_path.exists() and not (resume or force):
         raise StoreError(f"{out_path}: store already exists; pass --force to replace it or resume it")
     embedder = load_embedder(embedder_spec)
     fingerprint = embedder.fingerprint()
     ids = [item_id(path, dataset.root) for path in files]
 
-    # 2. The store: resume (matching fingerprint) or create.
-    if out_path.exists() and not force:
-        store = EmbeddingStore.open(out_path, mode="a")
-        try:
-            store.check_fingerprint(fingerprint)
-        except FingerprintMismatchError:
-            store.close()
-            raise
-    else:
+    # 2. The store: resume (matching fingerprint, same files under the same ids) or create.
+    created = force or not out_path.exists()
+    if created:
         store = EmbeddingStore.create(
             out_path,
             fingerprint,
@@ -240,24 +240,68 @@ def embed_dataset(
             embedder_spec=canonical_spec(embedder_spec),
             capacity=len(files),
         )
+    else:
+        store = EmbeddingStore.open(out_path, mode="a")
+        try:
+            store.check_fingerprint(fingerprint)
+            _check_same_files(store, ids, files)
+        except StoreError:
+            store.close()
+            raise
 
     # 3. Embed what is missing, batch by batch; each batch is committed before the next starts.
-    with store:
-        todo = [(i, p) for i, p in zip(ids, files, strict=True) if i not in store]
-        num_skipped = len(files) - len(todo)
-        if num_skipped:
-            logger.info("%s: resuming, %d of %d items already stored", out_path, num_skipped, len(files))
-        id_of = {p: i for i, p in todo}
-        failures: list[Failure] = []
-        num_added = 0
-        for batch in _batches([p for _, p in todo], batch_size, progress=progress, what="files"):
-            ok_paths, x, batch_failures = _embed_batch(batch, embedder, batch_size=batch_size)
-            failures.extend(batch_failures)
-            if ok_paths:
-                rows = [_metadata_row(p, dataset) for p in ok_paths]
-                store.append([id_of[p] for p in ok_paths], x, rows)
-                num_added += len(ok_paths)
+    try:
+        with store:
+            todo = [(i, p) for i, p in zip(ids, files, strict=True) if i not in store]
+            num_skipped = len(files) - len(todo)
+            if num_skipped:
+                logger.info("%s: resuming, %d of %d items already stored", out_path, num_skipped, len(files))
+            id_of = {p: i for i, p in todo}
+            failures: list[Failure] = []
+            num_added = 0
+            for batch in _batches([p for _, p in todo], batch_size, progress=progress, what="files"):
+                ok_paths, x, batch_failures = _embed_batch(batch, embedder, batch_size=batch_size)
+                failures.extend(batch_failures)
+                if ok_paths:
+                    rows = [_metadata_row(p, dataset) for p in ok_paths]
+                    store.append([id_of[p] for p in ok_paths], x, rows)
+                    num_added += len(ok_paths)
+    except BaseException:
+        if created and len(store) == 0:
+            out_path.unlink(missing_ok=True)  # an empty store made by this run would only block the next one
+        raise
     return EmbedReport(out_path, len(files), num_added, num_skipped, tuple(failures))
+
+
+def _check_same_files(store: EmbeddingStore, ids: Sequence[str], files: Sequence[Path]) -> None:
+    """Refuse to resume a store whose rows under these ids came from other files.
+
+    Ids are paths relative to the dataset root, so ``colA/x.wav`` and ``colB/x.wav`` embedded from their own
+    folders would both be ``x.wav``: skipping the second as "already stored" would silently lose it.
+    """
+    stored = [(i, p) for i, p in zip(ids, files, strict=True) if i in store]
+    if not stored:
+        return
+    rows = store.rows_of([i for i, _ in stored])
+    sources = store.column("source_path")
+    for (item, path), row in zip(stored, rows, strict=True):
+        if not _same_file(sources[row], path):
+            raise StoreError(
+                f"{store.path}: id {item!r} is already stored from {sources[row]}, not from {path}; "
+                "a store holds one folder: embed the folders' common parent (ids keep the sub-folder), "
+                "use another --out, or --force to replace the store"
+            )
+
+
+def _same_file(stored: str, path: Path) -> bool:
+    if not stored:  # rows appended without a source path: nothing to compare
+        return True
+    try:
+        return os.path.samefile(stored, path)
+    except (
+        OSError
+    ):  # the stored file is gone: only the same name is the same file (a moved library needs --force)
+        return Path(stored).absolute() == path.absolute()
 
 
 def _embed_batch(
@@ -325,11 +369,15 @@ def _metadata_row(path: Path, dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise StoreError(f"batch size must be at least 1, got {batch_size} (--batch-size)")
+
+
 def _batches(items: list[Path], batch_size: int, *, progress: bool, what: str):
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise StoreError(f"batch_size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
     with tqdm(total=len(items), unit=what, disable=not progress, leave=False) as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]

@@ -19,6 +19,9 @@ from qvimclap.files import atomic_path
 
 #: A clip whose peak is below this level (dB relative to full scale, i.e. ``|x| < 1e-3``) counts as silent.
 SILENCE_PEAK_DBFS = -60.0
+#: Float files whose samples exceed this magnitude (+60 dB over full scale) are corrupt or wrongly scaled:
+#: their spectra overflow float32 and every encoder would return NaN.
+MAX_ABS_SAMPLE = 1000.0
 #: Files longer than this are cropped to their first ``MAX_DURATION_S`` seconds when read.
 MAX_DURATION_S = 60.0
 
@@ -99,6 +102,12 @@ def prepare_waveform(
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise AudioError(f"{source}: contains {bad} NaN or infinite samples")
+    peak = float(np.max(np.abs(x)))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"{source}: samples reach {peak:.3g}, far beyond full scale (1.0; the limit is "
+            f"{MAX_ABS_SAMPLE:g}): the file is corrupt or was written with the wrong scale"
+        )
     if target_rate is not None and target_rate != sample_rate:
         x = resample(x, sample_rate, target_rate)
     if not allow_silent and is_silent(x):

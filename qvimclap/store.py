@@ -18,6 +18,15 @@ never changes in place. A kill at any moment leaves the previous committed rows 
 out the store is copied into a file twice as large, which atomically replaces the old one (amortised O(1) per
 row). Readers open without HDF5 file locking and call :meth:`EmbeddingStore.refresh` to see new rows, so a
 store can be read while another process appends (single writer, many readers: the writer holds HDF5's lock).
+
+Disk space is reserved (``posix_fallocate``) when a file is made or grown, before anything is committed to it:
+the capacity would otherwise be sparse, and a full disk would fail the row writes inside HDF5's buffers, where
+errors are only printed, while ``num_rows`` still committed rows that never reached the disk. So a full disk
+fails the creation or the growth (the old file, still complete, stays), and a write that fails anyway (a
+copy-on-write file system) is never committed: both raise :class:`~qvimclap.errors.WriteError`.
+
+One writer per store name: a new file is published with ``link`` (which fails if another process published
+one meanwhile), and replacing a store (``force``) first takes the writer lock of the file it replaces.
 """
 
 from __future__ import annotations
@@ -27,13 +36,16 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qvimclap.errors import FingerprintMismatchError, StoreError
+from qvimclap.errors import FingerprintMismatchError, StoreError, WriteError, write_error
+from qvimclap.files import temp_name
 from qvimclap.fingerprint import canonical_json, fingerprint_differences
 
 logger = logging.getLogger(__name__)
@@ -79,11 +91,16 @@ class EmbeddingStore:
         a size hint in rows (the store grows as needed). An existing ``path`` is replaced only with ``force``.
         """
         path = Path(path)
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder; give the store a file name, e.g. {path / 'NAME.h5'}")
         if path.exists() and not force:
             raise StoreError(f"{path}: store already exists; pass force=True (--force) to overwrite it")
         if int(dim) <= 0:
             raise StoreError(f"{path}: embedding dim must be positive, got {dim}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(path.parent, err) or err from None
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -93,7 +110,11 @@ class EmbeddingStore:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         capacity = max(_MIN_CAPACITY, int(capacity))
-        handle = _write_file(path, header, capacity, capacity * _BYTES_PER_STRING, source=None)
+        nbytes = capacity * _BYTES_PER_STRING
+        if not path.exists():
+            return cls(path, "a", _write_file(path, header, capacity, nbytes, source=None, replace=False))
+        with _writer_lock(path):  # never replace a store another process is still writing
+            handle = _write_file(path, header, capacity, nbytes, source=None, replace=True)
         return cls(path, "a", handle)
 
     @classmethod
@@ -104,6 +125,10 @@ class EmbeddingStore:
         path = Path(path)
         if mode not in ("r", "a"):
             raise StoreError(f"{path}: mode must be 'r' or 'a', got {mode!r}")
+        if path.is_dir():
+            raise StoreError(
+                f"{path}: is a folder, not an embedding store (a .h5 file written by `qvimclap embed`)"
+            )
         if not path.is_file():
             raise StoreError(f"{path}: no such embedding store; make one with `qvimclap embed`")
         try:
@@ -111,8 +136,7 @@ class EmbeddingStore:
                 handle = h5py.File(path, "r", locking=False)
             else:
                 handle = h5py.File(path, "r+")  # HDF5's exclusive file lock keeps a second writer out
-                # We hold the writer lock, so a temporary file here is left over from a killed writer.
-                path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+                _remove_leftovers(path)
         except (OSError, BlockingIOError) as err:
             if mode == "a" and "lock" in str(err).lower():
                 raise StoreError(f"{path}: store is being written by another process; wait for it") from None
@@ -266,15 +290,28 @@ class EmbeddingStore:
         # 1. Write the rows beyond the committed count; a kill here leaves them as ignored garbage.
         start, stop = self._num_rows, self._num_rows + len(ids)
         f = self._file
-        f["embeddings"][start:stop] = x
-        f["metadata/duration_s"][start:stop] = columns["duration_s"]
-        f["metadata/sample_rate"][start:stop] = columns["sample_rate"]
-        for name, values in encoded.items():
-            _write_strings(f[name], start, values)
-        # 2. Make them durable, then commit them by bumping the count (one 8-byte write).
-        self._sync()
-        f["num_rows"][0] = stop
-        f.flush()
+        try:
+            datasets = [f["embeddings"], f["metadata/duration_s"], f["metadata/sample_rate"]]
+            datasets[0][start:stop] = x
+            datasets[1][start:stop] = columns["duration_s"]
+            datasets[2][start:stop] = columns["sample_rate"]
+            for name, values in encoded.items():
+                datasets += _write_strings(f[name], start, values)
+            # 2. Make them durable (flushing each dataset raises a failed write, which closing would only
+            #    print), then commit them by bumping the count (one 8-byte write).
+            for dataset in datasets:
+                dataset.flush()
+            self._sync()
+            f["num_rows"][0] = stop
+            f.flush()
+        except (OSError, RuntimeError) as err:
+            problem = write_error(self.path, err)
+            if problem is None:
+                raise
+            self._abandon()
+            raise WriteError(
+                f"{problem} (the store keeps its {start} complete rows; rerun to resume)"
+            ) from None
         self._num_rows = stop
         for offset, item_id in enumerate(ids):
             self._row_of[item_id] = start + offset
@@ -327,9 +364,21 @@ class EmbeddingStore:
         nbytes = max(2 * byte_capacity, end_bytes) if end_bytes > byte_capacity else byte_capacity
         logger.info("growing %s to %d rows / %d string bytes", self.path, rows, nbytes)
         header = {key: f.attrs[key] for key in f.attrs}
-        new = _write_file(self.path, header, rows, nbytes, source=(f, self._num_rows))
+        try:
+            new = _write_file(self.path, header, rows, nbytes, source=(f, self._num_rows), replace=True)
+        except WriteError as err:
+            raise WriteError(f"{err} (the store keeps its {self._num_rows} complete rows)") from None
         f.close()
         self._file = new
+
+    def _abandon(self) -> None:
+        """Drop a file handle whose writes failed: nothing more is written through it."""
+        handle, self._file, self.mode = self._file, None, "broken"
+        with _quiet_unraisable():  # HDF5 retries the failed writes when closing and only prints the errors
+            try:
+                handle.close()
+            except Exception:
+                pass
 
     # ------------------------------------------------------------------ internals
     def _load_header(self) -> None:
@@ -339,9 +388,17 @@ class EmbeddingStore:
             self._fingerprint = json.loads(f.attrs["fingerprint"])
             self._embedder_spec = str(f.attrs.get("embedder_spec", "")) or None
             self._num_rows = int(f["num_rows"][0])
+            capacity = int(f["embeddings"].shape[0])
+            if not 0 <= self._num_rows <= capacity or f["embeddings"].shape[1:] != (self._dim,):
+                raise ValueError(
+                    f"num_rows {self._num_rows} for a capacity of {capacity} rows of dim {self._dim}"
+                )
             self._ids = _read_strings(f["ids"], 0, self._num_rows)
-        except (KeyError, ValueError) as err:
-            raise StoreError(f"{self.path}: malformed embedding store ({err})") from None
+        except (KeyError, ValueError, TypeError, IndexError, OSError, UnicodeDecodeError) as err:
+            self.close()
+            raise StoreError(
+                f"{self.path}: malformed embedding store ({err}); re-embed it with --force"
+            ) from None
         self._row_of = {item_id: row for row, item_id in enumerate(self._ids)}
 
 
@@ -356,14 +413,24 @@ def _new_dataset(group: Any, name: str, shape: tuple[int, ...], dtype: Any) -> A
 
 
 def _write_file(
-    path: Path, header: Mapping[str, Any], rows: int, nbytes: int, *, source: tuple[Any, int] | None
+    path: Path,
+    header: Mapping[str, Any],
+    rows: int,
+    nbytes: int,
+    *,
+    source: tuple[Any, int] | None,
+    replace: bool,
 ) -> Any:
-    """Write a store of the given capacity (copying ``num_rows`` from ``source``) to a temporary file and
-    atomically rename it to ``path``; returns the new file, open for writing (lock kept)."""
+    """Write a store of the given capacity (copying ``num_rows`` from ``source``) to a temporary file, reserve
+    its disk space, and publish it as ``path`` (``replace``: over an existing file, else only if ``path`` is
+    still free); returns the new file, open for writing (lock kept)."""
     import h5py
 
-    tmp = path.with_name(path.name + ".tmp")
-    f = h5py.File(tmp, "w")
+    tmp = temp_name(path)
+    try:
+        f = h5py.File(tmp, "w")
+    except (OSError, RuntimeError) as err:
+        raise write_error(path, err) or err from None
     try:
         for key, value in header.items():
             f.attrs[key] = value
@@ -375,6 +442,8 @@ def _write_file(
         for name in _STRING_COLUMNS:
             _new_dataset(f, f"{name}/bytes", (nbytes,), np.uint8)
             _new_dataset(f, f"{name}/offsets", (rows + 1,), np.int64)
+        f.flush()
+        _reserve(tmp, f.id.get_filesize())  # before any row is written: a full disk fails here, cleanly
         count = 0
         if source is not None:
             old, count = source
@@ -393,17 +462,96 @@ def _write_file(
                 f[name]["offsets"][0] = 0
         num_rows[0] = count
         f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
-    except BaseException:
-        f.close()
+        _fsync(tmp)
+        _publish(tmp, path, replace=replace)
+    except BaseException as err:
+        with _quiet_unraisable():
+            try:
+                f.close()
+            except Exception:
+                pass
         tmp.unlink(missing_ok=True)
+        problem = write_error(path, err) if isinstance(err, (OSError, RuntimeError)) else None
+        if problem is not None:
+            raise problem from None
         raise
     return f
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes of disk for ``path`` now, so writes inside it cannot fail for space later."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, max(1, size))
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path, *, replace: bool) -> None:
+    """Give the finished temporary file its final name (atomically: readers see the old or the new file)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # unlike rename, fails when another process made the store meanwhile
+    except FileExistsError:
+        raise StoreError(
+            f"{path}: another process has just created this store and is writing it; wait for it to finish, "
+            "then run again to resume"
+        ) from None
+    except OSError:  # a file system without hard links: rename (the race above is then not caught)
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+@contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock HDF5 writers take (``flock``) on the file at ``path``, or raise StoreError."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: HDF5's own lock is all there is
+        yield
+        return
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"{path}: store is being written by another process; wait for it to end before replacing it"
+            ) from None
+        yield
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporary files of ``path`` left by killed writers (an unlocked one has no writer)."""
+    for tmp in [path.with_name(path.name + ".tmp"), *path.parent.glob(f".{path.name}.*.tmp")]:
+        try:
+            with _writer_lock(tmp):
+                tmp.unlink()
+        except (StoreError, OSError):  # in use by a creator, or already gone
+            continue
+
+
+@contextmanager
+def _quiet_unraisable() -> Iterator[None]:
+    """Silence errors that h5py can only print ("Exception ignored in ... __dealloc__") while closing a file
+    whose writes failed: the failure has been reported once, as an exception."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
 
 
 def _read_strings(group: Any, start: int, stop: int) -> list[str]:
@@ -418,13 +566,16 @@ def _read_strings(group: Any, start: int, stop: int) -> list[str]:
     ]
 
 
-def _write_strings(group: Any, start: int, values: Sequence[bytes]) -> None:
-    base = int(group["offsets"][start])
+def _write_strings(group: Any, start: int, values: Sequence[bytes]) -> list[Any]:
+    """Write one string column's rows; returns the datasets written (to flush)."""
+    data, offsets = group["bytes"], group["offsets"]
+    base = int(offsets[start])
     lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
     ends = base + np.cumsum(lengths)
     if ends.size and ends[-1] > base:
-        group["bytes"][base : int(ends[-1])] = np.frombuffer(b"".join(values), dtype=np.uint8)
-    group["offsets"][start + 1 : start + 1 + len(values)] = ends
+        data[base : int(ends[-1])] = np.frombuffer(b"".join(values), dtype=np.uint8)
+    offsets[start + 1 : start + 1 + len(values)] = ends
+    return [data, offsets]
 
 
 def _metadata_columns(rows: Sequence[Mapping[str, Any]] | None, n: int) -> dict[str, list[Any]]:

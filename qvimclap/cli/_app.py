@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from qvimclap.errors import QvimclapError
+from qvimclap.errors import QvimclapError, printable, write_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,14 +26,21 @@ app = typer.Typer(
 
 
 def user_errors(func: F) -> F:
-    """Decorate every command: a :class:`QvimclapError` prints ``Error: ...`` on stderr and exits 2."""
+    """Decorate every command: a :class:`QvimclapError`, or an OS error that is the machine's state (disk
+    full, read-only folder, no permission), prints ``Error: ...`` on stderr and exits 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except QvimclapError as err:
-            typer.echo(f"Error: {err}", err=True)
+            typer.echo(f"Error: {printable(err)}", err=True)
+            raise typer.Exit(code=USER_ERROR_EXIT) from None
+        except OSError as err:
+            problem = write_error(None, err)
+            if problem is None:
+                raise
+            typer.echo(f"Error: {printable(problem)}", err=True)
             raise typer.Exit(code=USER_ERROR_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
