@@ -8,7 +8,7 @@ true reference.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,9 @@ class RetrievalReport:
 
     ``metrics`` and ``chance`` have keys ``recall@1``, ``recall@<k>``, ``recall@10``, ``mrr``, ``class_ndcg``;
     ``per_class`` rows have ``label``, ``num_queries``, ``mrr``, ``recall@1``, ``recall@<k>``; ``ranks`` are
-    the 1-based ranks ``[Q]`` of the true references, in the order of ``query_paths``.
+    the 1-based ranks ``[Q]`` of the true references, in the order of ``query_paths``. ``split`` is the part
+    of the dataset evaluated (all, train or val); ``warnings`` say why the numbers may not be a held-out
+    measure (references the model was trained on).
     """
 
     space: str
@@ -111,6 +113,8 @@ class RetrievalReport:
     ranks: np.ndarray
     query_paths: list[str]
     model: str = ""
+    split: str = "all"
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (ranks included, as a list)."""
@@ -122,7 +126,7 @@ class RetrievalReport:
         """Human-readable summary and per-class table (markdown)."""
         lines = [
             f"{self.space} space: {self.num_queries} queries, {self.num_references} references "
-            f"({self.model})",
+            f"({self.model}, split {self.split})",
             "",
             "| metric | value | chance |",
             "|---|---|---|",
@@ -145,6 +149,9 @@ def evaluate_retrieval(
     clap: Any = None,
     cache_dir: Any = None,
     batch_size: int = 16,
+    split: str = "all",
+    val_fraction: float | None = None,
+    seed: int | None = None,
 ) -> RetrievalReport:
     """Embed the queries and unique references of ``data``, search a FAISS index of the references, score.
 
@@ -154,6 +161,10 @@ def evaluate_retrieval(
     Queries always go through the imitation tower. In ``"clap"`` space the references are embedded by CLAP
     (``clap``: an embedder or CLAP source; default the model's recorded CLAP), reusing the cached training
     targets when ``cache_dir`` holds them; in ``"qvim"`` space by the model's reference tower.
+
+    ``split`` (all, train or val) evaluates a part of the dataset, split by reference as training split it
+    (:mod:`qvimclap.data.split`): ``val_fraction`` and ``seed`` default to the split recorded in the model
+    folder. Evaluated references the model was trained on are reported in the report's ``warnings``.
     """
     from qvimclap.errors import QvimclapError
 
@@ -161,8 +172,8 @@ def evaluate_retrieval(
         raise QvimclapError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     if k < 1:
         raise QvimclapError(f"k must be at least 1, got {k}")
-    # 1. the dataset's (query, true reference) pairs
-    dataset = _as_dataset(data)
+    # 1. the dataset's (query, true reference) pairs, in the split asked for
+    dataset, warnings = _split_of(_as_dataset(data), model, split, val_fraction, seed)
     queries, true_ref, references = _query_table(dataset)
     # 2. the embedders of each side
     query_embedder, reference_side, label = _resolve_embedders(model, space, clap)
@@ -191,6 +202,8 @@ def evaluate_retrieval(
         ranks=ranks,
         query_paths=[str(q) for q in queries],
         model=label,
+        split=split,
+        warnings=warnings,
     )
 
 
@@ -224,6 +237,23 @@ def _as_dataset(data: Any) -> Any:
     if not dataset.pairs:
         raise DatasetError(f"{dataset.root}: has no (imitation, reference) pairs to evaluate retrieval on")
     return dataset
+
+
+def _split_of(
+    dataset: Any, model: Any, split: str, val_fraction: float | None, seed: int | None
+) -> tuple[Any, list[str]]:
+    """The part of ``dataset`` to evaluate and its warnings, by the split recorded in ``model``'s folder."""
+    from qvimclap.data.split import read_split, select_split
+    from qvimclap.errors import DatasetError
+
+    record = None
+    if isinstance(model, (str, Path)) and not str(model).startswith("qvim:"):
+        folder = Path(str(model).removeprefix("aligned:")).expanduser()
+        record = read_split(folder) if folder.is_dir() else None
+    subset, warnings = select_split(dataset, split, record=record, val_fraction=val_fraction, seed=seed)
+    if not subset.pairs:
+        raise DatasetError(f"{dataset.root}: the {split} split has no (imitation, reference) pairs")
+    return subset, warnings
 
 
 def _query_table(dataset: Any) -> tuple[list[Path], np.ndarray, list[Path]]:

@@ -160,9 +160,15 @@ def eval_retrieval(
         "clap", "--space", help="clap: references by CLAP; qvim: by the reference tower."
     ),
     clap: str = typer.Option(None, "--clap", help="CLAP source for the references (default: the model's)."),
-    split: str = typer.Option("all", "--split", help="all, or val/train: the split `qvimclap align` made."),
-    val_fraction: float = typer.Option(_default("val_fraction"), "--val-fraction", help="As given to align."),
-    seed: int = typer.Option(_default("seed"), "--seed", help="As given to align."),
+    split: str = typer.Option(
+        "all", "--split", help="all, or val/train: the split `qvimclap align` made (recorded in the model)."
+    ),
+    val_fraction: float = typer.Option(
+        None, "--val-fraction", help="Split fraction (default: the model's recorded split, else 0.2)."
+    ),
+    seed: int = typer.Option(
+        None, "--seed", help="Split seed (default: the model's recorded split, else 0)."
+    ),
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="CLAP targets cache (default <data>/.qvimclap-cache)."
     ),
@@ -171,19 +177,25 @@ def eval_retrieval(
 ) -> None:
     """Rank all unique references for every imitation; print recall@1/@k/@10, MRR, class NDCG, chance, per
     class."""
-    from qvimclap.data import open_dataset, split_by_reference
-    from qvimclap.errors import QvimclapError
+    from qvimclap.data import open_dataset
     from qvimclap.evaluation import evaluate_retrieval, plot_rank_histogram
     from qvimclap.train.targets import default_cache_dir
 
     dataset = open_dataset(data)
-    if split in ("train", "val"):
-        train_set, val_set = split_by_reference(dataset, val_fraction=val_fraction, seed=seed)
-        dataset = val_set if split == "val" else train_set
-    elif split != "all":
-        raise QvimclapError(f"--split must be all, train or val, got {split!r}")
     cache = cache_dir if cache_dir is not None else default_cache_dir(dataset.root, None)
-    report = evaluate_retrieval(dataset, model, k=k, space=space, clap=clap, cache_dir=cache)
+    report = evaluate_retrieval(
+        dataset,
+        model,
+        k=k,
+        space=space,
+        clap=clap,
+        cache_dir=cache,
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    for warning in report.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
     if plot is not None:
         plot_rank_histogram(report, plot)
     if as_json:

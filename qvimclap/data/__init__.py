@@ -18,12 +18,9 @@ Everything here is torch-free; the torch ``Dataset``/collate for training lives 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from qvimclap.errors import DatasetError
 
@@ -157,36 +154,8 @@ def read_audio_folder(root: Path) -> Dataset:
     return Dataset(root=root, layout="folder", pairs=(), references=tuple(files))
 
 
-def split_by_reference(
-    dataset: Dataset, *, val_fraction: float = 0.2, seed: int = 0
-) -> tuple[Dataset, Dataset]:
-    """Split into (train, validation) so that no reference, and so no pair, is on both sides.
-
-    The references are shuffled with ``seed`` (deterministic) and ``round(val_fraction * R)`` of them, at
-    least one and at most ``R - 1``, go to validation. Each side keeps the order of the original pairs and
-    references.
-    """
-    if not 0.0 < val_fraction < 1.0 or not math.isfinite(val_fraction):
-        raise DatasetError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    num_refs = len(dataset.references)
-    if num_refs < 2:
-        raise DatasetError(f"{dataset.root}: cannot split {num_refs} reference(s); a split needs at least 2")
-    num_val = min(max(round(val_fraction * num_refs), 1), num_refs - 1)
-    order = np.random.default_rng(seed).permutation(num_refs)
-    val_refs = {dataset.references[i] for i in order[:num_val]}
-    return _subset(dataset, lambda r: r not in val_refs), _subset(dataset, lambda r: r in val_refs)
-
-
-def _subset(dataset: Dataset, keep) -> Dataset:
-    refs = [(r, dataset.label_of(r)) for r in dataset.references if keep(r)]
-    return Dataset(
-        root=dataset.root,
-        layout=dataset.layout,
-        pairs=tuple(p for p in dataset.pairs if keep(p.reference_path)),
-        references=tuple(r for r, _ in refs),
-        reference_labels=tuple(label for _, label in refs),
-    )
-
+# The split lives in its own module (training writes it, evaluation reads it); imported after Dataset exists.
+from qvimclap.data.split import split_by_reference  # noqa: E402
 
 __all__ = [
     "LAYOUTS",

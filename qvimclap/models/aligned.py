@@ -6,6 +6,9 @@ when the towers are). Both towers map ``[B, T]`` float32 mono 32 kHz to ``[B, 51
 the space of the CLAP model whose embeddings were the training targets;
 :attr:`AlignedConfig.clap_fingerprint` records which.
 
+An input longer than the clip length is embedded whole: windows of the clip length, each embedded, pooled
+(:mod:`qvimclap.models.windows`; ``AlignedConfig.long_input`` says how).
+
 A saved model is a folder with ``config.json`` (everything needed to rebuild it: tower configs, head, input
 policy, CLAP source and fingerprint) and ``model.safetensors``::
 
@@ -34,12 +37,16 @@ from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize
 from qvimclap.models.heads import HeadConfig, ProjectionHead
+from qvimclap.models.windows import LONG_INPUT_POLICIES, pool_windows, split_windows
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "qvimclap-aligned"
 TOWERS = ("imitation", "reference")
 SAMPLE_RATE = 32000
+#: How an input longer than the clip length is embedded, unless a model folder says otherwise (folders
+#: written before the policy was recorded get it too).
+DEFAULT_LONG_INPUT = "start"
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,11 @@ class AlignedConfig:
     """Everything needed to rebuild an :class:`AlignedModel` (weights aside).
 
     ``imitation_tower`` / ``reference_tower`` are QVIM encoder configs (``QvimConfig.to_dict()``);
-    ``reference_tower`` is None when the towers share one module. ``clip_duration_s`` is the input policy:
-    every clip is zero-padded or cut (keeping its start) to this many seconds before the towers.
-    ``clap_fingerprint`` is the fingerprint of the CLAP embedder that produced the targets; its ``space`` is
-    the space this model's embeddings live in.
+    ``reference_tower`` is None when the towers share one module. ``clip_duration_s`` is the towers' input
+    length: a shorter clip is zero-padded to it. ``long_input`` says how a longer one is embedded (one of
+    :data:`~qvimclap.models.windows.LONG_INPUT_POLICIES`; the windowed policies step ``window_hop_s``
+    seconds, default half the clip). ``clap_fingerprint`` is the fingerprint of the CLAP embedder that
+    produced the targets; its ``space`` is the space this model's embeddings live in.
     """
 
     imitation_tower: dict[str, Any]
@@ -61,11 +69,27 @@ class AlignedConfig:
     clap_preprocessing: str = "audioldm"
     clap_fingerprint: dict[str, Any] = field(default_factory=dict)
     qvim_source: str = "scratch:mn04"
+    long_input: str = DEFAULT_LONG_INPUT
+    window_hop_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.clip_duration_s <= 0:
             raise CheckpointError(f"clip_duration_s must be > 0, got {self.clip_duration_s}")
+        if self.long_input not in LONG_INPUT_POLICIES:
+            raise CheckpointError(
+                f"long_input must be one of {', '.join(LONG_INPUT_POLICIES)}, got {self.long_input!r}"
+            )
+        if self.window_hop_s is not None and not 0 < self.window_hop_s <= self.clip_duration_s:
+            raise CheckpointError(
+                f"window_hop_s must be > 0 and at most clip_duration_s ({self.clip_duration_s}) so that no "
+                f"audio is skipped, got {self.window_hop_s}"
+            )
         HeadConfig.from_dict(self.head)  # validates early
+
+    @property
+    def hop_s(self) -> float:
+        """Seconds between the starts of consecutive windows of a long input."""
+        return self.window_hop_s if self.window_hop_s is not None else self.clip_duration_s / 2
 
     @property
     def shared_towers(self) -> bool:
@@ -149,6 +173,8 @@ class AlignedModel(nn.Module):
         clap_preprocessing: str = "audioldm",
         clap_fingerprint: dict[str, Any] | None = None,
         qvim_source: str = "scratch:mn04",
+        long_input: str = DEFAULT_LONG_INPUT,
+        window_hop_s: float | None = None,
     ) -> AlignedModel:
         """Wrap existing QVIM encoders (their weights are kept); ``reference_tower=None`` shares the
         imitation one.
@@ -175,6 +201,8 @@ class AlignedModel(nn.Module):
             clap_preprocessing=clap_preprocessing,
             clap_fingerprint=dict(clap_fingerprint or {}),
             qvim_source=qvim_source,
+            long_input=long_input,
+            window_hop_s=window_hop_s,
         )
         model = cls(config)
         model.imitation_tower.load_state_dict(imitation_tower.state_dict())
@@ -221,11 +249,19 @@ class AlignedModel(nn.Module):
             return both[: len(imitations)], both[len(imitations) :]
         return self.encode(imitations, "imitation"), self.encode(references, "reference")
 
-    def prepare_batch(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
-        """Apply the input policy: zero-pad or cut (keep the start) to ``clip_duration_s``; ``[B, T]``
-        float32."""
-        batch = np.stack([pad_or_crop(np.asarray(w, dtype=np.float32), self.num_samples) for w in waveforms])
-        return torch.from_numpy(batch)
+    def input_windows(self, waveform: np.ndarray) -> np.ndarray:
+        """The input policy for one ``[T]`` float32 clip -> ``[W, num_samples]`` windows to embed and pool.
+
+        A clip of at most ``clip_duration_s`` is one zero-padded window; a longer one is cut to its start
+        (``long_input="start"``), kept whole (``"whole"``: ``[1, T]``), or split into windows.
+        """
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if self.config.long_input == "start" or waveform.shape[-1] <= self.num_samples:
+            return pad_or_crop(waveform, self.num_samples)[None]
+        if self.config.long_input == "whole":
+            return waveform[None]
+        hop = max(1, int(round(self.config.hop_s * SAMPLE_RATE)))
+        return split_windows(waveform, self.num_samples, hop)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by group, for per-group gradient norms: ``head``, ``imitation_tower``,
@@ -344,7 +380,7 @@ class AlignedEmbedder:
                     "sample_rate": SAMPLE_RATE,
                     "clip_duration_s": model.config.clip_duration_s,
                     "pad": "zero-end",
-                    "crop": "start",
+                    **_long_input_fingerprint(model.config),
                     "tower": tower_config,
                 },
                 "dim": self.embedding_dim,
@@ -356,19 +392,46 @@ class AlignedEmbedder:
 
     @torch.no_grad()
     def embed(self, waveforms: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
-        """float32 mono ``[T]`` arrays at 32 kHz -> ``[N, 512]`` float32 L2-normalised, in input order."""
+        """float32 mono ``[T]`` arrays at 32 kHz, any lengths -> ``[N, 512]`` float32 L2-normalised, in input
+        order.
+
+        Each clip becomes its windows (:meth:`AlignedModel.input_windows`); ``batch_size`` windows of one
+        length go through the tower at a time (eval mode: a window's embedding does not depend on its batch),
+        and each clip's window embeddings are pooled as ``long_input`` says.
+        """
+        if not len(waveforms):
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        windows = [self.model.input_windows(w) for w in waveforms]  # N x [W_i, T_i]
         was_training = self.model.training
         self.model.eval()
         try:
-            out = []
-            for start in range(0, len(waveforms), batch_size):
-                batch = self.model.prepare_batch(waveforms[start : start + batch_size])
-                out.append(self.model.encode(batch, self.tower).cpu().numpy())
+            window_vectors = self._embed_windows(windows, batch_size)  # N x [W_i, 512]
         finally:
             self.model.train(was_training)
-        if not out:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        embeddings = np.concatenate(out).astype(np.float32)
+        how = "max" if self.model.config.long_input == "windows-max" else "mean"
+        embeddings = np.stack([pool_windows(v, how) for v in window_vectors])
         if not np.isfinite(embeddings).all():
             raise CheckpointError("the aligned model produced non-finite embeddings; its weights are damaged")
         return l2_normalize(embeddings)
+
+    def _embed_windows(self, windows: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        """Every window through the tower, in batches of windows of equal length; ``[W_i, 512]`` per clip."""
+        flat = [w for clip in windows for w in clip]
+        lengths = np.array([w.shape[-1] for w in flat])
+        out = np.zeros((len(flat), self.embedding_dim), dtype=np.float32)
+        for length in np.unique(lengths):  # one length unless long_input == "whole"
+            rows = np.flatnonzero(lengths == length)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                batch = torch.from_numpy(np.stack([flat[j] for j in chunk]))  # [b, T]
+                out[chunk] = self.model.encode(batch, self.tower).float().cpu().numpy()
+        return np.split(out, np.cumsum([len(clip) for clip in windows])[:-1])
+
+
+def _long_input_fingerprint(config: AlignedConfig) -> dict[str, Any]:
+    """The fingerprint keys of the long-input policy; ``"start"`` keeps the keys of the folders written
+    before the policy was recorded, so their stores stay valid when the policy is unchanged."""
+    if config.long_input == "start":
+        return {"crop": "start"}
+    hop = config.hop_s if config.long_input.startswith("windows") else None
+    return {"long_input": config.long_input, "window_hop_s": hop}
