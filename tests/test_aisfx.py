@@ -16,6 +16,7 @@ from qvimclap import api
 from qvimclap.cli import app
 from qvimclap.cli._app import USER_ERROR_EXIT
 from qvimclap.errors import AudioError, CheckpointError, MissingDependencyError
+from qvimclap.models import aisfx as aisfx_module
 from qvimclap.models.aisfx import (
     AisfxCNN,
     AisfxConfig,
@@ -241,7 +242,7 @@ def test_save_pretrained_round_trip(tiny_encoder: AisfxEncoder, tiny_folder: Pat
 # -- the embedder contract --------------------------------------------------------------------------------
 
 
-def test_embed_contract(tiny_encoder: AisfxEncoder) -> None:
+def test_embed_contract(tiny_encoder: AisfxEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = tiny_encoder
     assert isinstance(encoder, AudioEmbedder) and encoder.sample_rate == 44_100
     clips = [reference_clip(n) for n in (2_000, 44_100, 250_000)]  # shorter than a block .. several blocks
@@ -249,6 +250,8 @@ def test_embed_contract(tiny_encoder: AisfxEncoder) -> None:
     assert vectors.shape == (3, 64) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(encoder.embed(clips, batch_size=1), vectors, atol=1e-5)
+    monkeypatch.setattr(aisfx_module, "MAX_BLOCKS_PER_PASS", 2)  # long clips' blocks run in several passes
+    np.testing.assert_allclose(encoder.embed(clips, batch_size=3), vectors, atol=1e-5)
     blocks = encoder.embed_blocks(clips)
     assert [b.shape[0] for b in blocks] == [1, 1, 4]  # 246 frames: blocks at 0, 50, 100 and (partial) 150
     mean = blocks[2].mean(0)

@@ -62,6 +62,9 @@ MODEL_NAME = "aisfx-cnn9"
 PACKAGE_NAME = "aisfx"
 PACKAGE_CHECKPOINT = ("models", "checkpoint.pth")
 INSTALL_HINT = "pip install --no-deps aisfx"
+#: Blocks per forward pass: bounds memory (the first conv block holds ~2.5 MB of activations per block)
+#: when long clips come in a batch (a 60 s clip is 51 blocks).
+MAX_BLOCKS_PER_PASS = 64
 POOLINGS = ("mean", "max", "mean_normalized")
 PARTIAL_BLOCKS = ("keep", "drop")
 #: The CrossNet wrapper of the published file: the embedding network, then one classifier head per library.
@@ -329,7 +332,8 @@ class AisfxEncoder(nn.Module):
                 for i, w in enumerate(waveforms[start : start + batch_size])
             ]
             counts = [b.shape[0] for b in batch]
-            vectors = self.cnn(torch.cat(batch)).float().cpu()  # [sum(counts), 512]
+            blocks = torch.cat(batch)  # [sum(counts), block_frames, n_mels]
+            vectors = torch.cat([self.cnn(part).float().cpu() for part in blocks.split(MAX_BLOCKS_PER_PASS)])
             out.extend(chunk.numpy() for chunk in torch.split(vectors, counts))
         return out
 
