@@ -5,8 +5,8 @@ An index file is one file, written atomically::
     b"QVIMIDX1" | uint64 little-endian header length | UTF-8 JSON header | faiss.serialize_index bytes
 
 The JSON header holds ``kind``, search ``params``, ``dim``, ``num_vectors``, the store's ``fingerprint`` and
-``embedder_spec``, the ``center`` (or null), and the ``ids`` and source ``paths`` of every vector in faiss
-order.
+``embedder_spec``, the ``center`` (or null), and the ``ids``, source ``paths`` and ``labels`` ("" where
+unknown) of every vector in faiss order.
 
 Scores are cosine similarities after centring: by default an index subtracts the mean of the vectors it holds
 (the ``center``, fitted once at build time and stored) from them and from every query, and re-normalises
@@ -71,12 +71,14 @@ class VectorIndex:
         embedder_spec: str | None = None,
         center: np.ndarray | None = None,
         device: str = "auto",
+        labels: Sequence[str] | None = None,
     ) -> None:
         assert faiss_index.ntotal == len(ids), "faiss index and id list disagree"
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
         self.cpu_index = faiss_index
         self.ids = list(ids)
         self.paths = list(paths) if paths is not None else [""] * len(self.ids)
+        self.labels = list(labels) if labels is not None else [""] * len(self.ids)  # "" where unknown
         self.fingerprint = dict(fingerprint)
         self.kind = kind
         self.params = dict(params)
@@ -105,6 +107,7 @@ class VectorIndex:
         embedder_spec: str | None = None,
         center: bool = True,
         device: str = "auto",
+        labels: Sequence[str] | None = None,
     ) -> VectorIndex:
         """Index ``embeddings`` ``[N, D]`` float32 (finite) under ``ids`` (unique strings, one per row).
 
@@ -137,6 +140,7 @@ class VectorIndex:
             embedder_spec=embedder_spec,
             center=mean,
             device=device,
+            labels=labels,
         )
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
@@ -157,6 +161,7 @@ class VectorIndex:
             "center": None if self.center is None else self.center.tolist(),
             "ids": self.ids,
             "paths": self.paths,
+            "labels": self.labels,
         }
         header_bytes = json.dumps(header, ensure_ascii=False).encode("utf-8")
         body = faiss.serialize_index(self.cpu_index)
@@ -214,6 +219,7 @@ class VectorIndex:
             embedder_spec=header.get("embedder_spec"),
             center=header.get("center"),
             device=device,
+            labels=header.get("labels"),  # absent in indexes written before labels were kept
         )
 
     # ------------------------------------------------------------------ search
@@ -270,6 +276,7 @@ def build_index_from_store(
             embedder_spec=store.embedder_spec,
             center=center,
             device="cpu",
+            labels=store.column("label"),
         )
     return index.save(out_path, force=force)
 

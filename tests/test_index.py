@@ -94,6 +94,7 @@ def test_save_load_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
         out = index.save(tmp_path / f"{kind}.faiss")
         loaded = VectorIndex.load(out)
         assert (loaded.ids, loaded.paths, loaded.fingerprint, loaded.kind) == (ids, paths, FP, kind)
+        assert loaded.labels == [""] * 300  # none given
         assert loaded.params == index.params and loaded.embedder_spec == "clap:scratch"
         np.testing.assert_array_equal(loaded.center, index.center)
         np.testing.assert_array_equal(loaded.search_rows(x[:5], 5)[1], index.search_rows(x[:5], 5)[1])
@@ -132,11 +133,14 @@ def test_build_index_from_store(tmp_path: Path, rng: np.random.Generator) -> Non
     x = clustered(rng, 40)
     with EmbeddingStore.create(tmp_path / "s.h5", FP, 32, embedder_spec="qvim:scratch:mn04") as store:
         store.append(
-            [f"a/{i}.wav" for i in range(40)], x, [{"source_path": f"/d/a/{i}.wav"} for i in range(40)]
+            [f"a/{i}.wav" for i in range(40)],
+            x,
+            [{"source_path": f"/d/a/{i}.wav", "label": "dog" if i % 2 else ""} for i in range(40)],
         )
     out = build_index_from_store(tmp_path / "s.h5", tmp_path / "idx" / "s.faiss")
     index = VectorIndex.load(out)
     assert index.ids[3] == "a/3.wav" and index.paths[3] == "/d/a/3.wav"
+    assert index.labels[:4] == ["", "dog", "", "dog"]  # the store's labels, "" where unknown
     assert index.fingerprint == FP and index.embedder_spec == "qvim:scratch:mn04"
     assert index.search(x[3], 1)[1] == [["a/3.wav"]]
     with pytest.raises(StoreError, match="already exists"):

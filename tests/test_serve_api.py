@@ -85,6 +85,9 @@ def test_search_is_the_cli_search(client: TestClient, library: tuple[Path, Path]
     assert cli.exit_code == 0, cli.output
     expected = json.loads(cli.stdout)
     assert [{k: h[k] for k in ("rank", "score", "id", "path")} for h in body["hits"]] == expected
+    kinds = {Path(h["id"]).stem.rsplit("_", 1)[0] for h in expected}
+    assert [h["label"] for h in body["hits"]] == [Path(h["id"]).stem.rsplit("_", 1)[0] for h in expected]
+    assert len(kinds) == 3  # the labels the store kept for the corpus's kinds
     # The first hit's player fetches exactly that file.
     first = body["hits"][0]
     assert first["audio_url"] == f"/api/audio/sounds/{first['id']}"

@@ -118,9 +118,14 @@ def _recorded_query_spec(index: VectorIndex, path: Path) -> str:
 
 
 def search(library: LoadedIndex, audio_path: Path, k: int) -> list[dict[str, Any]]:
-    """``qvimclap search --json`` for one query file: ``[{"rank", "score", "id", "path"}, ...]``."""
+    """``qvimclap search --json`` for one query file: ``[{"rank", "score", "id", "path"}, ...]``, each with
+    the item's ``label`` where the index knows it."""
     hits = api.search(audio_path, library.index, k, encoder=library.embedder)
-    return [hit.to_dict() for hit in hits]
+    labels = library.index.labels
+    return [
+        {**hit.to_dict(), **({"label": label} if (label := labels[library.rows[hit.id]]) else {})}
+        for hit in hits
+    ]
 
 
 class UploadFolder:

@@ -42,7 +42,8 @@ async function start() {
     }
     const total = listing.indexes.reduce((n, index) => n + index.num_items, 0);
     $("server-status").textContent =
-      `qvimclap ${health.version}: ${listing.indexes.length} library(ies), ${total} sounds, ` +
+      `qvimclap ${health.version}: ${listing.indexes.length} ${listing.indexes.length === 1 ? "library" : "libraries"}, ` +
+      `${total} sounds, ` +
       (state.generation ? "generation on." : "generation off.");
     $("generate-form").hidden = !state.generation;
     $("generate-off").hidden = state.generation;
