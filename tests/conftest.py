@@ -28,3 +28,11 @@ def tone(freq_hz: float, duration_s: float, sample_rate: int, amplitude: float =
     """A float32 sine tone, for tests."""
     t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
     return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def serve_library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(corpus, index)``: the tiny library the ``qvimclap serve`` tests search (built once per session)."""
+    from _serve_library import build_library
+
+    return build_library(tmp_path_factory.mktemp("serve-library"))

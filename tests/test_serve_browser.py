@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from _serve_library import ENCODER, build_library
+from _serve_library import ENCODER
 
 from qvimclap import api
 
@@ -37,8 +37,8 @@ MIC_HZ = 440.0  # what the fake microphone "hums"
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return build_library(tmp_path_factory.mktemp("browser"))
+def library(serve_library: tuple[Path, Path]) -> tuple[Path, Path]:
+    return serve_library
 
 
 @pytest.fixture(scope="module")
