@@ -89,7 +89,9 @@ def chance_class_ndcg(query_labels: np.ndarray, reference_labels: np.ndarray) ->
 # Orchestration (qvimclap eval-retrieval): embed imitations and references, search with FAISS, score
 # ------------------------------------------------------------------------------------------------------------
 
-SPACES = ("clap", "qvim")
+#: ``target``: imitations by the aligned model vs references by its frozen target embedder (``clap`` is the
+#: same space under its first name); ``qvim``: imitation tower vs reference tower.
+SPACES = ("target", "clap", "qvim")
 
 
 @dataclass
@@ -158,9 +160,10 @@ def evaluate_retrieval(
     ``data`` is a dataset folder or a :class:`~qvimclap.data.Dataset`. ``model`` is an aligned model folder
     (or ``aligned:<dir>``, or an :class:`~qvimclap.models.aligned.AlignedModel`), with ``space="qvim"`` a
     plain QVIM checkpoint (``qvim:<source>`` or a path), or a ``(query, reference)`` pair of embedders.
-    Queries always go through the imitation tower. In ``"clap"`` space the references are embedded by CLAP
-    (``clap``: an embedder or CLAP source; default the model's recorded CLAP), reusing the cached training
-    targets when ``cache_dir`` holds them; in ``"qvim"`` space by the model's reference tower.
+    Queries always go through the imitation tower. In ``"target"`` space (``"clap"`` is its alias) the
+    references are embedded by the model's frozen target embedder (``clap``: an embedder, or a CLAP source for
+    a CLAP target; default the model's recorded target), reusing the cached training targets when
+    ``cache_dir`` holds them; in ``"qvim"`` space by the model's reference tower.
 
     ``split`` (all, train or val) evaluates a part of the dataset, split by reference as training split it
     (:mod:`qvimclap.data.split`): ``val_fraction`` and ``seed`` default to the split recorded in the model
@@ -288,19 +291,18 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
         queries = aligned.embedder("imitation")
         if space == "qvim":
             return queries, aligned.embedder("reference"), label
-        clap_embedder = _clap_embedder(clap, aligned)
-        got, want = clap_embedder.fingerprint().get("space"), aligned.config.space
+        target_embedder = _target_embedder(clap, aligned)
+        got, want = target_embedder.fingerprint().get("space"), aligned.config.space
         if got != want:
             raise FingerprintMismatchError(
-                f"{label}: the model was trained into CLAP space {want!r} but the CLAP given embeds into "
-                f"{got!r}; "
-                "pass the CLAP the model was aligned with (--clap)"
+                f"{label}: the model was trained into the target space {want!r} but the embedder given "
+                f"embeds into {got!r}; pass the target the model was aligned with (--clap)"
             )
-        return queries, clap_embedder, label
-    if space == "clap":
+        return queries, target_embedder, label
+    if space != "qvim":
         raise CheckpointError(
-            f"{model}: not an aligned model folder; a plain QVIM encoder has no CLAP space, use --space qvim "
-            "or train one with `qvimclap align`"
+            f"{model}: not an aligned model folder; a plain QVIM encoder has no target space, use --space "
+            "qvim or train one with `qvimclap align`"
         )
     from qvimclap.models.qvim import QvimEncoder
 
@@ -313,15 +315,17 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
     return imitation, reference, source
 
 
-def _clap_embedder(clap: Any, aligned: Any) -> Any:
-    from qvimclap.models.clap import ClapEncoder
+def _target_embedder(given: Any, aligned: Any) -> Any:
+    """The frozen target embedder: ``given`` (an embedder, or a CLAP source for a CLAP target) or the model's
+    recorded target."""
+    from qvimclap.models.target import is_clap_target, load_target
 
-    if clap is None or isinstance(clap, (str, Path)):
-        source = aligned.config.clap_source if clap is None else str(clap)
-        return ClapEncoder.from_pretrained(source, preprocessing=aligned.config.clap_preprocessing).to(
-            _device()
-        )
-    return clap
+    if given is not None and not isinstance(given, (str, Path)):
+        return given
+    spec = aligned.config.target_spec
+    if given is not None:
+        spec = str(given) if not is_clap_target(spec) else f"clap:{given}"
+    return load_target(spec, clap_preprocessing=aligned.config.clap_preprocessing).to(_device())
 
 
 def _device() -> Any:
@@ -344,8 +348,11 @@ def _embed_paths(paths: list[Path], embedder: Any, batch_size: int) -> np.ndarra
 def _embed_references(
     references: list[Path], embedder: Any, root: Path, cache_dir: Any, batch_size: int
 ) -> np.ndarray:
-    """Reference vectors; CLAP ones go through (and fill) the targets cache when ``cache_dir`` is given."""
-    if cache_dir is not None and embedder.fingerprint().get("encoder") == "clap":
+    """Reference vectors; a target embedder's (CLAP, aisfx) go through (and fill) the targets cache when
+    ``cache_dir`` is given."""
+    from qvimclap.models.target import TARGET_KINDS
+
+    if cache_dir is not None and embedder.fingerprint().get("encoder") in TARGET_KINDS:
         from qvimclap.train.targets import clap_targets
 
         return clap_targets(references, embedder, root=root, cache_dir=Path(cache_dir), batch_size=batch_size)

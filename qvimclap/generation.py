@@ -632,8 +632,22 @@ def generate_from_imitation(
     )
 
 
+def check_clap_space(model: AudioEmbedder) -> None:
+    """Refuse a condition model whose space is not a CLAP's: AudioLDM is conditioned on CLAP audio embeddings,
+    so a model aligned into another target (``aisfx``, ...) can search but not generate."""
+    space = str(model.fingerprint().get("space", ""))
+    if not space.startswith("clap:"):
+        raise GenerationError(
+            f"the condition model embeds into {space or 'an unknown space'!r}, not a CLAP space, and "
+            "AudioLDM is conditioned on CLAP audio embeddings; align a model with --target clap:<AudioLDM's "
+            "CLAP> to generate"
+        )
+
+
 def embed_imitation(waveform: np.ndarray, sample_rate: int, model: AudioEmbedder) -> np.ndarray:
-    """The normalised ``[512]`` condition of one imitation; silent or non-finite audio raises AudioError."""
+    """The normalised ``[512]`` condition of one imitation; silent or non-finite audio raises AudioError, a
+    model outside a CLAP space GenerationError."""
+    check_clap_space(model)
     x = prepare_waveform(waveform, sample_rate, model.sample_rate, source="imitation")
     if model.embedding_dim != CONDITION_DIM:
         raise GenerationError(

@@ -157,9 +157,14 @@ def eval_retrieval(
     ),
     k: int = typer.Option(5, "--k", "-k", help="Report recall@k (besides @1 and @10)."),
     space: str = typer.Option(
-        "clap", "--space", help="clap: references by CLAP; qvim: by the reference tower."
+        "target",
+        "--space",
+        help="target: references by the model's frozen target embedder (clap: the same, by its first name); "
+        "qvim: by the reference tower.",
     ),
-    clap: str = typer.Option(None, "--clap", help="CLAP source for the references (default: the model's)."),
+    clap: str = typer.Option(
+        None, "--clap", help="CLAP source for the references of a CLAP target (default: the model's target)."
+    ),
     split: str = typer.Option(
         "all", "--split", help="all, or val/train: the split `qvimclap align` made (recorded in the model)."
     ),

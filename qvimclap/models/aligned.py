@@ -1,19 +1,20 @@
-"""The aligned model: QVIM towers + projection heads that map audio into a frozen CLAP's 512-d audio space.
+"""The aligned model: QVIM towers + projection heads that map audio into a frozen target embedder's space.
 
 An :class:`AlignedModel` holds an imitation tower and a reference tower (EfficientAT MobileNetV3 encoders,
 :class:`~qvimclap.models.qvim.QvimEncoder`; one shared module or two) and a projection head per tower (shared
 when the towers are). Both towers map ``[B, T]`` float32 mono 32 kHz to ``[B, 512]`` L2-normalised vectors in
-the space of the CLAP model whose embeddings were the training targets;
-:attr:`AlignedConfig.clap_fingerprint` records which.
+the space of the frozen embedder whose embeddings were the training targets (a CLAP by default, or any
+target :mod:`qvimclap.models.target` loads, such as ``aisfx``); :attr:`AlignedConfig.target_spec` and
+:attr:`AlignedConfig.clap_fingerprint` record which.
 
 An input longer than the clip length is embedded whole: windows of the clip length, each embedded, pooled
 (:mod:`qvimclap.models.windows`; ``AlignedConfig.long_input`` says how).
 
 A saved model is a folder with ``config.json`` (everything needed to rebuild it: tower configs, head, input
-policy, CLAP source and fingerprint) and ``model.safetensors``::
+policy, target and its fingerprint) and ``model.safetensors``::
 
     model = AlignedModel.from_pretrained("runs/demo")
-    queries = model.embedder("imitation").embed([waveform_32k])  # [1, 512] float32, CLAP space
+    queries = model.embedder("imitation").embed([waveform_32k])  # [1, 512] float32, the target space
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ class AlignedConfig:
     ``reference_tower`` is None when the towers share one module. ``clip_duration_s`` is the towers' input
     length: a shorter clip is zero-padded to it. ``long_input`` says how a longer one is embedded (one of
     :data:`~qvimclap.models.windows.LONG_INPUT_POLICIES`; the windowed policies step ``window_hop_s``
-    seconds, default half the clip). ``clap_fingerprint`` is the fingerprint of the CLAP embedder that
-    produced the targets; its ``space`` is the space this model's embeddings live in.
+    seconds, default half the clip). ``target`` is the embedder spec of the targets (``clap:scratch``,
+    ``aisfx``, ...; empty in folders saved before targets other than CLAP existed, meaning
+    ``clap:<clap_source>``). ``clap_fingerprint`` is the fingerprint of the target embedder (named for CLAP,
+    the first target); its ``space`` is the space this model's embeddings live in. ``clap_source`` /
+    ``clap_preprocessing`` describe a CLAP target.
     """
 
     imitation_tower: dict[str, Any]
@@ -71,6 +75,7 @@ class AlignedConfig:
     qvim_source: str = "scratch:mn04"
     long_input: str = DEFAULT_LONG_INPUT
     window_hop_s: float | None = None
+    target: str = ""
 
     def __post_init__(self) -> None:
         if self.clip_duration_s <= 0:
@@ -98,6 +103,15 @@ class AlignedConfig:
     @property
     def space(self) -> str:
         return str(self.clap_fingerprint.get("space", "clap:unknown"))
+
+    @property
+    def target_spec(self) -> str:
+        """The embedder spec of the target space (``clap:<source>`` for folders that predate ``target``)."""
+        return self.target or f"clap:{self.clap_source}"
+
+    @property
+    def target_fingerprint(self) -> dict[str, Any]:
+        return dict(self.clap_fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
@@ -175,11 +189,14 @@ class AlignedModel(nn.Module):
         qvim_source: str = "scratch:mn04",
         long_input: str = DEFAULT_LONG_INPUT,
         window_hop_s: float | None = None,
+        target: str = "",
     ) -> AlignedModel:
         """Wrap existing QVIM encoders (their weights are kept); ``reference_tower=None`` shares the
         imitation one.
 
         ``head`` is a :class:`HeadConfig`, its dict, or a kind (``"linear"``/``"mlp"``) sized to the towers.
+        ``target`` is the target's embedder spec (default ``clap:<clap_source>``); ``clap_fingerprint`` the
+        target embedder's fingerprint.
         """
         in_dim = _tower_dim(imitation_tower)
         if reference_tower is not None and _tower_dim(reference_tower) != in_dim:
@@ -203,6 +220,7 @@ class AlignedModel(nn.Module):
             qvim_source=qvim_source,
             long_input=long_input,
             window_hop_s=window_hop_s,
+            target=target,
         )
         model = cls(config)
         model.imitation_tower.load_state_dict(imitation_tower.state_dict())
