@@ -252,7 +252,7 @@ def main() -> None:
 
     # 2. the targets of every reference (cached, outside the timed training)
     from qvimclap.train.align import load_clap
-    from qvimclap.train.targets import CACHE_DIR_NAME, clap_targets
+    from qvimclap.targets import CACHE_DIR_NAME, clap_targets
 
     cache_dir = corpus / CACHE_DIR_NAME
     target = load_clap(config.clap, config.clap_preprocessing)

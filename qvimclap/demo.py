@@ -63,8 +63,8 @@ def run_demo(
     from qvimclap.data.synth import make_corpus
     from qvimclap.evaluation import evaluate_retrieval
     from qvimclap.generation import load_audioldm
+    from qvimclap.targets import default_cache_dir
     from qvimclap.train.align import AlignConfig, train_alignment
-    from qvimclap.train.targets import default_cache_dir
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
@@ -137,8 +137,8 @@ def _library_from_targets(corpus: Path, config: Any, cache_dir: Path, store_path
     from qvimclap import api
     from qvimclap.data import item_id, open_dataset
     from qvimclap.store import EmbeddingStore
+    from qvimclap.targets import clap_targets
     from qvimclap.train.align import load_clap
-    from qvimclap.train.targets import clap_targets
 
     dataset = open_dataset(corpus)
     clap = load_clap(config.clap, config.clap_preprocessing)

@@ -353,7 +353,7 @@ def _embed_references(
     from qvimclap.models.target import TARGET_KINDS
 
     if cache_dir is not None and embedder.fingerprint().get("encoder") in TARGET_KINDS:
-        from qvimclap.train.targets import clap_targets
+        from qvimclap.targets import clap_targets
 
         return clap_targets(references, embedder, root=root, cache_dir=Path(cache_dir), batch_size=batch_size)
     return _embed_paths(references, embedder, batch_size)

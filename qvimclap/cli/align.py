@@ -184,7 +184,7 @@ def eval_retrieval(
     class."""
     from qvimclap.data import open_dataset
     from qvimclap.evaluation import evaluate_retrieval, plot_rank_histogram
-    from qvimclap.train.targets import default_cache_dir
+    from qvimclap.targets import default_cache_dir
 
     dataset = open_dataset(data)
     cache = cache_dir if cache_dir is not None else default_cache_dir(dataset.root, None)

@@ -1,0 +1,91 @@
+"""What an alignment run is given (:class:`AlignConfig`, saved as ``align_config.json``) and what it returns
+(:class:`AlignResult`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qvimclap.config import require_known_keys
+from qvimclap.errors import QvimclapError
+from qvimclap.train.losses import LossConfig
+
+
+class TrainingError(QvimclapError):
+    """Training cannot go on (non-finite loss, nothing to train on)."""
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Every setting of an alignment run; saved as ``align_config.json``; unknown keys raise.
+
+    The defaults are the ones measured best on the built-in synthetic corpus on a 2-core CPU (see the README).
+    ``clip_duration_s`` is the model's input policy (zero-pad or cut to this length); training takes seeded
+    random crops of this length from longer clips. ``qvim`` is any QVIM source (``scratch:mn04``, an
+    EfficientAT ``.pt``, the QVIM baseline ``.ckpt``, a saved folder); ``clap`` any CLAP source (``scratch``,
+    a transformers folder, a LAION ``.pt``, an AudioLDM ``.ckpt``).
+    """
+
+    data: str
+    out: str
+    qvim: str = "scratch:mn04"
+    clap: str = "scratch"
+    clap_preprocessing: str = "audioldm"
+    shared_towers: bool = True
+    head: str = "linear"
+    loss: dict[str, Any] = field(default_factory=lambda: LossConfig().to_dict())
+    clip_duration_s: float = 3.0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    bn_batches: int = 8
+    time_mask_fraction: float = 0.2
+    cache_dir: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        LossConfig.from_dict(self.loss)  # validates
+        if self.epochs < 1 or self.batch_size < 2:
+            raise QvimclapError(
+                f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}"
+            )
+        if self.lr <= 0 or self.clip_duration_s <= 0:
+            raise QvimclapError(
+                f"lr and clip_duration_s must be > 0, got {self.lr} and {self.clip_duration_s}"
+            )
+        if self.head not in ("linear", "mlp"):
+            raise QvimclapError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig.from_dict(self.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlignConfig:
+        require_known_keys(cls, data, "align config")
+        return cls(**data)
+
+
+@dataclass
+class AlignResult:
+    """What a run produced."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]]
+    elapsed_s: float
+    collapsed: bool

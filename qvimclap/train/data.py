@@ -1,0 +1,159 @@
+"""The training data of an alignment run: the split, the targets, the decoded clips, seeded crops and the
+per-epoch batch order.
+
+Determinism: the pair order of an epoch is a permutation seeded by ``(seed, epoch)``, and the crops of item
+``i`` are drawn from a generator seeded by ``(seed, epoch, i)``; neither depends on the process or on what ran
+before, so a resumed or distributed run sees the same batches as an uninterrupted single-process one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qvimclap.audio import load_audio
+from qvimclap.models.aligned import SAMPLE_RATE
+from qvimclap.models.base import AudioEmbedder
+from qvimclap.train.config import AlignConfig, TrainingError
+from qvimclap.train.distributed import barrier
+
+
+def load_waveforms(paths: Sequence[Path], sample_rate: int, max_duration_s: float) -> list[np.ndarray]:
+    """Read every file once as float32 mono ``[T]`` at ``sample_rate``, at most ``max_duration_s`` long."""
+    return [load_audio(p, sample_rate, max_duration_s=max_duration_s, allow_silent=True) for p in paths]
+
+
+def seeded_crop(x: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``num_samples`` window of a longer clip; shorter clips are zero-padded at the end."""
+    extra = x.shape[-1] - num_samples
+    if extra <= 0:
+        return np.pad(x, (0, -extra))
+    start = int(rng.integers(0, extra + 1))
+    return x[start : start + num_samples]
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Training pairs as ``(imitation [T], reference [T], reference index, pair index)``, crops seeded per
+    epoch.
+
+    ``queries`` / ``references`` hold the decoded clips; ``pairs`` is ``[P, 2]`` (query index, reference
+    index). Item ``i`` of epoch ``e`` always gets the same crops: the generator is seeded with ``(seed, e,
+    i)``.
+    """
+
+    def __init__(
+        self,
+        queries: list[np.ndarray],
+        references: list[np.ndarray],
+        pairs: np.ndarray,
+        *,
+        num_samples: int,
+        seed: int = 0,
+    ) -> None:
+        self.queries, self.references, self.pairs = queries, references, np.asarray(pairs, dtype=np.int64)
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        q, r = self.pairs[index]
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        imitation = seeded_crop(self.queries[q], self.num_samples, rng)
+        reference = seeded_crop(self.references[r], self.num_samples, rng)
+        return imitation, reference, int(r), int(index)
+
+
+def collate_pairs(items: list[tuple[np.ndarray, np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
+    """Stack items into ``imitation [B, T]``, ``reference [B, T]`` float32 and
+    ``reference_index``/``pair_index``."""
+    return {
+        "imitation": torch.from_numpy(np.stack([it[0] for it in items]).astype(np.float32)),
+        "reference": torch.from_numpy(np.stack([it[1] for it in items]).astype(np.float32)),
+        "reference_index": torch.tensor([it[2] for it in items], dtype=torch.long),
+        "pair_index": torch.tensor([it[3] for it in items], dtype=torch.long),
+    }
+
+
+def epoch_batches(num_items: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1):
+    """This rank's batches of one epoch: a permutation seeded by ``(seed, epoch)``, sharded, full batches
+    only."""
+    order = np.random.default_rng([seed, epoch, 7]).permutation(num_items)
+    per_rank = batch_size // world
+    num_batches = num_items // (per_rank * world)
+    order = order[: num_batches * per_rank * world].reshape(num_batches, world, per_rank)  # [N, world, b]
+    return [batch[rank].tolist() for batch in order]
+
+
+def batch_files(dataset: PairDataset, pair_index: torch.Tensor, paths: dict[str, list[Path]]) -> str:
+    """The ``imitation -> reference`` files of a batch, for an error message (at most 8 named)."""
+    rows = dataset.pairs[pair_index.numpy()]
+    names = [f"{paths['queries'][q]} -> {paths['references'][r]}" for q, r in rows]
+    return "; ".join(names[:8]) + (f"; and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def _index_pairs(dataset, query_index: dict[Path, int], reference_index: dict[Path, int]) -> np.ndarray:
+    return np.array(
+        [(query_index[p.query_path], reference_index[p.reference_path]) for p in dataset.pairs],
+        dtype=np.int64,
+    ).reshape(-1, 2)
+
+
+def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world: int) -> dict[str, Any]:
+    """The split, the ``target`` embeddings of every reference (rank 0 fills the cache, then the others read
+    it) and the decoded clips.
+
+    Returns ``fingerprint`` (the target's), ``targets`` (``[R, D]`` float32 tensor), ``train``
+    (a :class:`PairDataset`), ``val`` (clips, targets, true reference per query, chance MRR) and ``paths``.
+    """
+    from qvimclap.data import open_dataset, split_by_reference
+    from qvimclap.evaluation import chance_mrr
+    from qvimclap.targets import clap_targets, default_cache_dir
+
+    dataset = open_dataset(config.data)
+    if not dataset.pairs:
+        raise TrainingError(f"{config.data}: has no (imitation, reference) pairs to train on")
+    train_set, val_set = split_by_reference(dataset, val_fraction=config.val_fraction, seed=config.seed)
+    out = Path(config.out)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(dataset.root, out / "cache")
+    references = list(dataset.references)
+    if rank == 0:
+        targets = clap_targets(references, target, root=dataset.root, cache_dir=cache_dir)
+    barrier(world)
+    if rank != 0:
+        targets = clap_targets(references, target, root=dataset.root, cache_dir=cache_dir)
+    reference_index = {p: i for i, p in enumerate(references)}
+    queries = list(dataset.queries)
+    query_index = {p: i for i, p in enumerate(queries)}
+    max_s = max(config.clip_duration_s, 10.0)
+    query_clips = load_waveforms(queries, SAMPLE_RATE, max_s)
+    reference_clips = load_waveforms(references, SAMPLE_RATE, max_s)
+    val_pairs = _index_pairs(val_set, query_index, reference_index)
+    val_refs = sorted(set(val_pairs[:, 1].tolist()))
+    local = {r: i for i, r in enumerate(val_refs)}
+    return {
+        "fingerprint": target.fingerprint(),
+        "targets": torch.from_numpy(targets),
+        "train": PairDataset(
+            query_clips,
+            reference_clips,
+            _index_pairs(train_set, query_index, reference_index),
+            num_samples=int(round(config.clip_duration_s * SAMPLE_RATE)),
+            seed=config.seed,
+        ),
+        "val": {
+            "queries": [query_clips[q] for q in val_pairs[:, 0]],
+            "references": [reference_clips[r] for r in val_refs],
+            "targets": targets[val_refs],
+            "true_ref": np.array([local[r] for r in val_pairs[:, 1]]),
+            "chance_mrr": chance_mrr(len(val_refs)),
+        },
+        "paths": {"queries": queries, "references": references},
+    }

@@ -1,0 +1,27 @@
+"""Distributed set-up: under ``torchrun`` (``WORLD_SIZE > 1``) every process joins one gloo/nccl group."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun with ``WORLD_SIZE > 1``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    """Wait for every process (nothing to wait for in a single-process run)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,62 @@
+"""The model an alignment run trains: QVIM towers from their source, a fresh head, the frozen target."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from qvimclap.models.aligned import AlignedModel
+from qvimclap.train.config import AlignConfig
+
+
+def load_clap(source: str, preprocessing: str):
+    """The frozen CLAP audio encoder that makes the targets."""
+    from qvimclap.models.clap import ClapEncoder
+
+    return ClapEncoder.from_pretrained(source, preprocessing=preprocessing)
+
+
+def build_model(config: AlignConfig, clap_fingerprint: dict[str, Any]) -> AlignedModel:
+    """Towers from the QVIM source (the reference tower from a two-tower checkpoint's reference encoder when
+    there is one, else a copy of the imitation one), and a freshly seeded head."""
+    from qvimclap.errors import CheckpointError
+    from qvimclap.models.qvim import QvimEncoder
+
+    imitation = _with_time_mask(QvimEncoder.from_pretrained(config.qvim, tower="imitation"), config)
+    reference = None
+    if not config.shared_towers:
+        try:
+            reference = QvimEncoder.from_pretrained(config.qvim, tower="reference")
+        except CheckpointError:
+            reference = QvimEncoder.from_pretrained(config.qvim, tower="imitation")
+        reference = _with_time_mask(reference, config)
+    torch.manual_seed(config.seed)  # the head's init; the run seeds torch again before training
+    return AlignedModel.from_towers(
+        imitation,
+        reference,
+        head=config.head,
+        clip_duration_s=config.clip_duration_s,
+        clap_source=config.clap,
+        clap_preprocessing=config.clap_preprocessing,
+        clap_fingerprint=clap_fingerprint,
+        qvim_source=config.qvim,
+    )
+
+
+def _with_time_mask(encoder: nn.Module, config: AlignConfig) -> nn.Module:
+    """The encoder with its training time mask scaled to the clip: ``time_mask_fraction`` of its frames.
+
+    The QVIM baseline masks up to 200 frames of a 10 s clip (1000 frames); kept at 200 on a 3 s clip the mask
+    would hide up to two thirds of it.
+    """
+    from qvimclap.models.qvim import QvimEncoder
+
+    mel = encoder.config.mel
+    frames = config.clip_duration_s * mel.sample_rate / mel.hop_length
+    mel = dataclasses.replace(mel, time_mask=max(1, round(config.time_mask_fraction * frames)))
+    scaled = QvimEncoder(dataclasses.replace(encoder.config, mel=mel), source=encoder.source)
+    scaled.load_state_dict(encoder.state_dict())
+    return scaled
