@@ -325,3 +325,16 @@ def test_validation_ranks_like_a_default_index():
     raw_order = np.argsort(-(query @ references.T)[0])
     assert raw_order.tolist()[:2] == [1, 0]  # raw cosine: the wrong reference first
     assert retrieval_mrr(query, references, np.array([0])) == (1.0, 1.0)
+
+
+def test_evaluation_does_not_import_training():
+    """Evaluation's metrics and the targets cache stand below ``train`` (data flows one way)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qvimclap.evaluation, qvimclap.targets; "
+        "print([m for m in sys.modules if m.startswith('qvimclap.train')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
