@@ -251,8 +251,8 @@ def main() -> None:
     config = AlignConfig(data=str(train_csv), out=str(args.work / f"run-{args.family}"), **overrides)
 
     # 2. the targets of every reference (cached, outside the timed training)
-    from qvimclap.train.align import load_clap
     from qvimclap.targets import CACHE_DIR_NAME, clap_targets
+    from qvimclap.train.align import load_clap
 
     cache_dir = corpus / CACHE_DIR_NAME
     target = load_clap(config.clap, config.clap_preprocessing)
