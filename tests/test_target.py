@@ -1,0 +1,69 @@
+"""Targets other than CLAP: parsing target specs, and generation refusing a model outside a CLAP space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _tiny_audioldm import save_tiny_audioldm
+from conftest import tone
+from typer.testing import CliRunner
+
+from qvimclap.audio import write_audio
+from qvimclap.cli import app
+from qvimclap.errors import QvimclapError
+from qvimclap.generation import GenerationError, embed_imitation
+from qvimclap.models.aligned import AlignedModel
+from qvimclap.models.qvim import QvimEncoder
+from qvimclap.models.target import is_clap_target, parse_target
+
+AISFX_FP = {"encoder": "aisfx", "space": "aisfx:0123456789ab", "dim": 512}
+
+
+def _aisfx_aligned(folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = AlignedModel.from_towers(
+        QvimEncoder.from_pretrained("scratch:mn01"),
+        None,
+        clip_duration_s=1.0,
+        clap_source="",
+        clap_fingerprint=AISFX_FP,
+        target="aisfx",
+    )
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_target_specs():
+    assert parse_target("clap:scratch") == ("clap", "scratch")
+    assert parse_target("aisfx") == ("aisfx", "")
+    assert parse_target("aisfx:/w/checkpoint.pth") == ("aisfx", "/w/checkpoint.pth")
+    assert is_clap_target("clap:models/clap-s") and not is_clap_target("aisfx")
+    for bad in ("qvim:scratch:mn04", "scratch", "clap:", "runs/demo"):
+        with pytest.raises(QvimclapError, match="not a frozen embedder qvimclap can align into"):
+            parse_target(bad)
+
+
+def test_aligned_config_records_the_target(tmp_path):
+    loaded = AlignedModel.from_pretrained(_aisfx_aligned(tmp_path / "m"))
+    assert loaded.config.target_spec == "aisfx" and loaded.config.space == "aisfx:0123456789ab"
+    assert loaded.embedder().fingerprint()["space"] == "aisfx:0123456789ab"
+    old = AlignedModel.from_towers(QvimEncoder.from_pretrained("scratch:mn01"), None, clap_source="scratch")
+    assert old.config.target_spec == "clap:scratch"  # folders saved before `target` existed
+
+
+def test_generation_refuses_a_model_outside_a_clap_space(tmp_path):
+    model = AlignedModel.from_pretrained(_aisfx_aligned(tmp_path / "m")).embedder()
+    with pytest.raises(GenerationError, match="'aisfx:0123456789ab', not a CLAP space"):
+        embed_imitation(tone(220.0, 1.0, 32000), 32000, model)
+    ldm = save_tiny_audioldm(tmp_path / "ldm")
+    hum = write_audio(tmp_path / "hum.wav", tone(330.0, 0.8, 16000), 16000)
+    out = tmp_path / "out.wav"
+    result = CliRunner().invoke(
+        app, ["generate", str(hum), "--model", str(tmp_path / "m"), "--audioldm", str(ldm), "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "not a CLAP space" in result.output and "--target clap:" in result.output
+    assert not out.exists()
