@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qvimclap.data.synth import make_corpus
+from qvimclap.errors import QvimclapError
 from qvimclap.models.base import l2_normalize
 from qvimclap.train import align as align_module
 from qvimclap.train.align import (
@@ -71,6 +72,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fake_clap(monkeypatch):
     monkeypatch.setattr(align_module, "load_clap", fake_load_clap)
+    monkeypatch.setattr(align_module, "load_target_embedder", lambda config: FakeClap())
 
 
 def tiny_config(corpus, out, **overrides) -> AlignConfig:
@@ -338,3 +340,38 @@ def test_evaluation_does_not_import_training():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_patience_and_the_time_budget_stop_training_early(corpus, tmp_path):
+    run = train_alignment(tiny_config(corpus, tmp_path / "p", epochs=30, lr=1e-9, patience=2), progress=False)
+    epochs = [r["epoch"] for r in run.history if r["event"] == "val"]
+    assert epochs == list(range(1, run.best_epoch + 3))  # two epochs without a better model, then stop
+    assert (
+        "no better validation MRR for 2 epochs"
+        in json.loads((run.run_dir / "summary.json").read_text())["stopped"]
+    )
+    quick = train_alignment(tiny_config(corpus, tmp_path / "t", epochs=30, max_minutes=1e-6), progress=False)
+    assert [r["epoch"] for r in quick.history if r["event"] == "val"] == [1]
+    assert "time budget" in json.loads((quick.run_dir / "summary.json").read_text())["stopped"]
+
+
+def test_the_target_is_any_frozen_embedder_and_is_recorded(corpus, tmp_path, monkeypatch):
+    from qvimclap.models.aligned import AlignedModel
+
+    class FakeAisfx(FakeClap):
+        def fingerprint(self) -> dict:
+            return {**super().fingerprint(), "encoder": "aisfx", "space": "aisfx:fake00000000"}
+
+    seen = []
+    monkeypatch.setattr(
+        align_module, "load_target_embedder", lambda config: seen.append(config) or FakeAisfx()
+    )
+    result = train_alignment(tiny_config(corpus, tmp_path / "a", epochs=1, target="aisfx"), progress=False)
+    assert seen[0].target_spec == "aisfx"
+    model = AlignedModel.from_pretrained(result.run_dir)
+    assert model.config.target_spec == "aisfx" and model.config.clap_source == ""
+    assert model.embedder().fingerprint()["space"] == "aisfx:fake00000000"
+    assert len(list((corpus / ".qvimclap-cache").glob("*.h5"))) == 2  # one targets store per target space
+    assert tiny_config(corpus, tmp_path, clap="models/clap-s").target_spec == "clap:models/clap-s"
+    with pytest.raises(QvimclapError, match="not a frozen embedder"):
+        tiny_config(corpus, tmp_path, target="qvim:scratch:mn04")

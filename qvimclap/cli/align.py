@@ -39,15 +39,33 @@ def align(
     qvim: str = typer.Option(
         _default("qvim"), "--qvim", help="QVIM start: scratch:mnXX, EfficientAT .pt, baseline .ckpt, folder."
     ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="Frozen embedder to align into, as embed --encoder names it: clap:scratch, clap:<path>, aisfx, "
+        "aisfx:<path> (default clap:scratch).",
+    ),
     clap: str = typer.Option(
-        _default("clap"),
+        None,
         "--clap",
-        help="Frozen CLAP of the targets: scratch, transformers folder, .pt, .ckpt.",
+        help="Shorthand for --target clap:SOURCE (scratch, transformers folder, .pt, .ckpt).",
     ),
     clap_preprocessing: str = typer.Option(
-        _default("clap_preprocessing"), "--clap-preprocessing", help="audioldm (16 kHz, AudioLDM's) or plain."
+        _default("clap_preprocessing"),
+        "--clap-preprocessing",
+        help="For a CLAP target: audioldm (16 kHz, AudioLDM's) or plain.",
     ),
-    epochs: int = typer.Option(_default("epochs"), "--epochs", help="Passes over the training pairs."),
+    epochs: int = typer.Option(
+        _default("epochs"), "--epochs", help="At most this many passes over the pairs."
+    ),
+    patience: int = typer.Option(
+        _default("patience"),
+        "--patience",
+        help="Stop after this many epochs without a better validation MRR.",
+    ),
+    max_minutes: float = typer.Option(
+        _default("max_minutes"), "--max-minutes", help="Stop after the epoch in which this much time ran out."
+    ),
     batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help="Pairs per step (global)."),
     lr: float = typer.Option(_default("lr"), "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
     clip_seconds: float = typer.Option(
@@ -97,9 +115,14 @@ def align(
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train QVIM towers + a head so imitations land on the CLAP embedding of the sound they imitate."""
+    """Train QVIM towers + a head so imitations land on the target embedding (CLAP by default, or aisfx, ...)
+    of the sound they imitate."""
+    from qvimclap.errors import QvimclapError
     from qvimclap.train.align import AlignConfig, train_alignment
     from qvimclap.train.losses import LossConfig
+
+    if target is not None and clap is not None:
+        raise QvimclapError(f"--clap {clap} is the shorthand for --target clap:{clap}; pass one of them")
 
     loss_config = LossConfig(
         kind=loss,
@@ -115,13 +138,16 @@ def align(
         data=str(data),
         out=str(out),
         qvim=qvim,
-        clap=clap,
+        clap=_default("clap") if clap is None else clap,
+        target=target,
         clap_preprocessing=clap_preprocessing,
         shared_towers=shared_towers,
         head=head,
         loss=loss_config.to_dict(),
         clip_duration_s=clip_seconds,
         epochs=epochs,
+        patience=patience,
+        max_minutes=max_minutes,
         batch_size=batch_size,
         lr=lr,
         val_fraction=val_fraction,
@@ -134,7 +160,8 @@ def align(
         return
     best = result.best_val
     typer.echo(
-        f"{result.run_dir}: best epoch {result.best_epoch}, validation MRR clap {best['val_mrr_clap']:.4f}, "
+        f"{result.run_dir}: best epoch {result.best_epoch}, validation MRR target ({config.target_spec}) "
+        f"{best['val_mrr_clap']:.4f}, "
         f"qvim {best['val_mrr_qvim']:.4f} (chance {result.history[-1].get('chance_mrr', float('nan')):.4f}), "
         f"{result.elapsed_s / 60:.1f} min"
     )

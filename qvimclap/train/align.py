@@ -1,4 +1,4 @@
-"""Train QVIM towers + a projection head into a frozen CLAP's audio space (``qvimclap align``).
+"""Train QVIM towers + a projection head into a frozen target embedder's space (``qvimclap align``).
 
 :func:`train_alignment` is laid out as numbered steps, each delegating to the module of its concept:
 
@@ -10,10 +10,11 @@
    then cosine decay (:mod:`~qvimclap.train.optim`), or all of it resumed from the last epoch checkpoint;
 4. the epochs: the encoder's mel augmentations (train mode), gradient clipping; loss terms, per-group gradient
    norms and the embedding spread logged every ``log_every`` steps;
-5. after each epoch (:mod:`~qvimclap.train.validation`): precise BatchNorm statistics, validation MRR in CLAP
-   space (imitation tower vs the references' CLAP targets) and in QVIM space (imitation tower vs reference
-   tower), a collapse check, an epoch checkpoint, and the best model so far (highest validation MRR, the mean
-   of both spaces) written to the run folder as an aligned model folder;
+5. after each epoch (:mod:`~qvimclap.train.validation`): precise BatchNorm statistics, validation MRR in the
+   target space (imitation tower vs the references' targets; CLAP space by default) and in QVIM space
+   (imitation tower vs reference tower), a collapse check, an epoch checkpoint, and the best model so far
+   (highest validation MRR, the mean of both spaces) written to the run folder as an aligned model folder;
+   then an early stop when ``patience`` epochs brought no better model or ``max_minutes`` ran out;
 6. a PNG of the curves and ``summary.json``.
 
 The run folder ``out`` holds: ``config.json`` + ``model.safetensors`` (the best model; load it with
@@ -56,7 +57,7 @@ from qvimclap.train.data import (
 )
 from qvimclap.train.distributed import barrier, init_distributed
 from qvimclap.train.losses import alignment_loss, needs_reference
-from qvimclap.train.model import build_model, load_clap
+from qvimclap.train.model import build_model, load_clap, load_target_embedder
 from qvimclap.train.optim import build_optimizer, group_grad_norms, warmup_cosine
 from qvimclap.train.run_dir import (
     CHECKPOINT_DIR,
@@ -136,7 +137,7 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
         prepare_run_dir(out, config, resume=resume, force=force)
     barrier(world)
     # 2. split, targets, clips
-    data = prepare_data(config, load_clap(config.clap, config.clap_preprocessing), rank=rank, world=world)
+    data = prepare_data(config, load_target_embedder(config), rank=rank, world=world)
     train_data: PairDataset = data["train"]
     steps_per_epoch = len(
         epoch_batches(len(train_data), config.batch_size, seed=config.seed, epoch=0, world=world)
@@ -165,22 +166,55 @@ def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = 
     if rank == 0:
         write_metrics(out, state["history"])
     run = _Run(config, out, data, model, train_model, optimizer, scheduler, device, rank, world, start_time)
-    collapsed = False
-    # 4-5. epochs, each followed by validation, a checkpoint and the best model so far
+    collapsed, stopped = False, None
+    # 4-5. epochs, each followed by validation, a checkpoint and the best model so far; early stop by
+    # validation (patience) or by the time budget
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         state["step"] = run.train_epoch(epoch, state, progress=progress)
         if rank == 0:
             collapsed = run.end_epoch(epoch, state)
         barrier(world)
+        stopped = _stop_reason(config, epoch, state, time.monotonic() - start_time, rank=rank, world=world)
+        if stopped is not None:
+            logger.info("stopping after epoch %d: %s", epoch, stopped)
+            break
     # 6. curves and summary
     if rank != 0:
         return None
     elapsed = time.monotonic() - start_time
     history, best = state["history"], state["best"]
     plot_curves(history, out / CURVES_NAME)
-    summary = {"best_epoch": best["epoch"], "best": best, "elapsed_s": elapsed, "collapsed": collapsed}
+    summary = {
+        "best_epoch": best["epoch"],
+        "best": best,
+        "elapsed_s": elapsed,
+        "collapsed": collapsed,
+        "stopped": stopped,
+    }
     write_json(out / SUMMARY_NAME, summary)
     return AlignResult(out, best["epoch"], best, history, elapsed, collapsed)
+
+
+def _stop_reason(
+    config: AlignConfig, epoch: int, state: dict[str, Any], elapsed_s: float, *, rank: int, world: int
+) -> str | None:
+    """Why training stops after ``epoch`` (None: it goes on). Rank 0 decides (it alone validates) and every
+    process follows it."""
+    reason = None
+    if rank == 0:
+        if config.patience is not None and epoch - state["best"]["epoch"] >= config.patience:
+            reason = (
+                f"no better validation MRR for {config.patience} epochs (best epoch {state['best']['epoch']})"
+            )
+        elif config.max_minutes is not None and elapsed_s >= 60 * config.max_minutes:
+            reason = f"the time budget of {config.max_minutes} min ran out"
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [reason]
+        dist.broadcast_object_list(box, src=0)
+        reason = box[0]
+    return reason
 
 
 def _resume(out: Path, model, optimizer, scheduler, state: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,12 @@ class AlignConfig:
     random crops of this length from longer clips. ``qvim`` is any QVIM source (``scratch:mn04``, an
     EfficientAT ``.pt``, the QVIM baseline ``.ckpt``, a saved folder); ``clap`` any CLAP source (``scratch``,
     a transformers folder, a LAION ``.pt``, an AudioLDM ``.ckpt``).
+
+    ``target`` names the frozen embedder the model is aligned into by an embedder spec (``clap:scratch``,
+    ``clap:<path>``, ``aisfx``, ``aisfx:<path>``); None means ``clap:<clap>``, so ``clap`` is shorthand for
+    a CLAP target and ``clap_preprocessing`` applies to CLAP targets only. Training runs at most ``epochs``
+    epochs and stops earlier after ``patience`` validations without a better validation MRR, or after the
+    epoch in which ``max_minutes`` of wall time ran out (the best epoch is kept either way).
     """
 
     data: str
@@ -52,9 +58,22 @@ class AlignConfig:
     time_mask_fraction: float = 0.2
     cache_dir: str | None = None
     device: str = "auto"
+    target: str | None = None
+    patience: int | None = None
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
+        from qvimclap.models.target import parse_target
+
         LossConfig.from_dict(self.loss)  # validates
+        parse_target(self.target_spec)  # validates
+        if (self.patience is not None and self.patience < 1) or (
+            self.max_minutes is not None and self.max_minutes <= 0
+        ):
+            raise QvimclapError(
+                f"patience must be >= 1 and max_minutes > 0 (or unset), got {self.patience} and "
+                f"{self.max_minutes}"
+            )
         if self.epochs < 1 or self.batch_size < 2:
             raise QvimclapError(
                 f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}"
@@ -65,6 +84,11 @@ class AlignConfig:
             )
         if self.head not in ("linear", "mlp"):
             raise QvimclapError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+
+    @property
+    def target_spec(self) -> str:
+        """The target embedder's spec: ``target``, else the CLAP named by ``clap``."""
+        return self.target or f"clap:{self.clap}"
 
     @property
     def loss_config(self) -> LossConfig:

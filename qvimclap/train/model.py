@@ -19,11 +19,19 @@ def load_clap(source: str, preprocessing: str):
     return ClapEncoder.from_pretrained(source, preprocessing=preprocessing)
 
 
-def build_model(config: AlignConfig, clap_fingerprint: dict[str, Any]) -> AlignedModel:
+def load_target_embedder(config: AlignConfig):
+    """The frozen target embedder of a run (:attr:`AlignConfig.target_spec`): a CLAP, aisfx, ..."""
+    from qvimclap.models.target import load_target
+
+    return load_target(config.target_spec, clap_preprocessing=config.clap_preprocessing)
+
+
+def build_model(config: AlignConfig, target_fingerprint: dict[str, Any]) -> AlignedModel:
     """Towers from the QVIM source (the reference tower from a two-tower checkpoint's reference encoder when
-    there is one, else a copy of the imitation one), and a freshly seeded head."""
+    there is one, else a copy of the imitation one), and a freshly seeded head; the target is recorded."""
     from qvimclap.errors import CheckpointError
     from qvimclap.models.qvim import QvimEncoder
+    from qvimclap.models.target import is_clap_target
 
     imitation = _with_time_mask(QvimEncoder.from_pretrained(config.qvim, tower="imitation"), config)
     reference = None
@@ -39,10 +47,11 @@ def build_model(config: AlignConfig, clap_fingerprint: dict[str, Any]) -> Aligne
         reference,
         head=config.head,
         clip_duration_s=config.clip_duration_s,
-        clap_source=config.clap,
+        clap_source=config.clap if is_clap_target(config.target_spec) else "",
         clap_preprocessing=config.clap_preprocessing,
-        clap_fingerprint=clap_fingerprint,
+        clap_fingerprint=target_fingerprint,
         qvim_source=config.qvim,
+        target=config.target_spec,
     )
 
 
