@@ -252,8 +252,9 @@ async function generate(event) {
     while (job.status === "queued" || job.status === "running") {
       $("gen-progress").max = job.num_steps;
       $("gen-progress").value = job.step;
-      $("gen-status").textContent = job.status === "queued"
-        ? `waiting: ${job.position} generation(s) ahead` : `denoising step ${job.step} of ${job.num_steps}`;
+      $("gen-status").textContent = job.status === "running"
+        ? `denoising step ${job.step} of ${job.num_steps}`
+        : job.position > 0 ? `waiting: ${job.position} generation(s) ahead` : "starting…";
       await new Promise((resolve) => setTimeout(resolve, 400));
       job = await api(`/api/jobs/${job.id}`);
     }
