@@ -25,6 +25,7 @@ from qvimclap import api  # noqa: E402
 from qvimclap.cli import app as cli_app  # noqa: E402
 from qvimclap.cli._app import USER_ERROR_EXIT  # noqa: E402
 from qvimclap.data import open_dataset  # noqa: E402
+from qvimclap.errors import StoreError  # noqa: E402
 from qvimclap.generation import GenerationConfig, generate_from_imitation, load_audioldm  # noqa: E402
 from qvimclap.serve import Limits, ServeState, create_app, load_state  # noqa: E402
 from qvimclap.serve.jobs import GenerationQueue  # noqa: E402
@@ -347,3 +348,23 @@ def test_cli_user_errors(library: tuple[Path, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--index", str(tmp_path / "missing.faiss"), "--port", "0"])
     assert result.exit_code == USER_ERROR_EXIT and "missing.faiss" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_models_and_indexes_are_loaded_once(
+    library: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second = tmp_path / "more.faiss"
+    second.write_bytes(library[1].read_bytes())
+    loads: list[str] = []
+    real_load = api.load_embedder
+    monkeypatch.setattr(api, "load_embedder", lambda spec: loads.append(spec) or real_load(spec))
+    state = load_state([library[1], second], work_dir=tmp_path / "up")
+    assert loads == ["qvim:scratch:mn04"]  # one encoder for both indexes of that space
+    assert state.indexes["sounds"].embedder is state.indexes["more"].embedder
+    with pytest.raises(StoreError, match="two indexes are named 'more'"):
+        load_state([second, second], work_dir=tmp_path / "up")
+    client = TestClient(create_app(state))
+    assert [i["name"] for i in client.get("/api/indexes").json()["indexes"]] == ["sounds", "more"]
+    query = open_dataset(library[0]).queries[0]
+    assert client.post("/api/search?index=more&k=2", files=_upload(query)).json()["index"] == "more"
+    assert loads == ["qvim:scratch:mn04"]  # searching loads nothing

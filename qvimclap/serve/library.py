@@ -92,14 +92,13 @@ def load_indexes(index_paths: Sequence[str | Path], *, model: str | None = None)
     A query encoder of another vector space is refused here, at start-up, not at the first search."""
     if not index_paths:
         raise StoreError("give at least one --index (an index file written by `qvimclap index`)")
+    paths = [Path(p) for p in index_paths]
+    for i, path in enumerate(paths):  # before any slow loading
+        if same := [p for p in paths[:i] if p.stem == path.stem]:
+            raise StoreError(f"two indexes are named {path.stem!r} ({same[0]}, {path}); rename one")
     embedders: dict[str, AudioEmbedder] = {}
     loaded: dict[str, LoadedIndex] = {}
-    for raw_path in index_paths:
-        path = Path(raw_path)
-        if path.stem in loaded:
-            raise StoreError(
-                f"two indexes are named {path.stem!r} ({loaded[path.stem].path}, {path}); rename one"
-            )
+    for path in paths:
         index = api.load_index(path)
         spec = model if model is not None else _recorded_query_spec(index, path)
         if spec not in embedders:
