@@ -77,9 +77,11 @@ def main() -> None:
                 break
         if url is None:
             sys.exit("qvimclap serve did not start")
-        driver = webdriver.Chrome(
-            options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+        options.add_argument(f"--user-data-dir={mic.parent / 'profile'}")
+        service = webdriver.ChromeService(
+            executable_path=shutil.which("chromedriver"), env={**os.environ, "TMPDIR": str(mic.parent)}
         )
+        driver = webdriver.Chrome(options=options, service=service)
         wait = WebDriverWait(driver, 120)
         driver.get(url + "/")
         wait.until(lambda d: "sounds" in d.find_element(By.ID, "server-status").text)
@@ -136,6 +138,7 @@ def main() -> None:
             driver.quit()
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(mic.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

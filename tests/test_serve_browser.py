@@ -84,7 +84,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
         "--autoplay-policy=no-user-gesture-required",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    # Chromium's profile and sockets go under the test's folder, not /tmp.
+    options.add_argument(f"--user-data-dir={folder / 'profile'}")
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": str(folder)})
+    driver = webdriver.Chrome(options=options, service=service)
     yield driver
     driver.quit()
 

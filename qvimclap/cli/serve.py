@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
@@ -81,7 +82,13 @@ def serve(
         )
         typer.echo(f"uploads are held in {state.uploads.path} while they are read")
         typer.echo(f"open {url}/{f'#token={token}' if token else ''}  (API docs: {url}/docs; Ctrl-C stops)")
+        # uvicorn re-raises SIGTERM once it has shut down; exit through Python so the upload folder goes too.
+        signal.signal(signal.SIGTERM, _exit_quietly)
         serve_forever(web, sock)
     finally:
         state.close()
         sock.close()
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
