@@ -148,6 +148,11 @@ def test_training_loss_falls_and_run_folder_is_complete(corpus, tmp_path):
     assert model.embedder().fingerprint()["space"] == "clap:fake00000000"
     # the CLAP targets were cached once under the corpus
     assert len(list((corpus / ".qvimclap-cache").glob("clap-*.h5"))) == 1
+    # the model folder records its split
+    from qvimclap.data import open_dataset
+    from qvimclap.data.split import SplitRecord, read_split
+
+    assert read_split(result.run_dir) == SplitRecord.of(open_dataset(corpus), val_fraction=0.25, seed=0)
 
 
 def test_existing_run_needs_force_and_resume_needs_a_run(corpus, tmp_path):

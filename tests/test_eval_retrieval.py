@@ -118,8 +118,22 @@ def test_cli_align_then_eval_retrieval_end_to_end(tmp_path):
         assert report["num_references"] == 2 and report["num_queries"] == 4
         assert {"recall@1", "recall@2", "recall@10", "mrr", "class_ndcg"} == set(report["metrics"])
         assert plot.is_file()
+    # the recorded split: --split val without --val-fraction/--seed is training's validation, MRR and all
+    recorded = runner.invoke(
+        app, ["eval-retrieval", "--data", str(corpus), "--model", str(run), "--split", "val", "--json"]
+    )
+    assert recorded.exit_code == 0 and "Warning" not in recorded.output, recorded.output
+    report = json.loads(recorded.output)
+    assert report["num_queries"] == 4 and report["split"] == "val" and report["warnings"] == []
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["metrics"]["mrr"] == pytest.approx(summary["best"]["val_mrr_clap"], abs=1e-5)
     table = runner.invoke(app, ["eval-retrieval", "--data", str(corpus), "--model", str(run)])
     assert table.exit_code == 0 and "| mrr |" in table.output and "12 queries, 6 references" in table.output
+    assert "Warning: 4 of the 6 references evaluated were training references" in table.output
+    train = runner.invoke(
+        app, ["eval-retrieval", "--data", str(corpus), "--model", str(run), "--split", "train", "--json"]
+    )
+    assert train.exit_code == 0 and "--split train evaluates the training references" in train.output
 
     # a plain QVIM encoder: QVIM space works, CLAP space is a one-line user error
     QvimEncoder.from_pretrained("scratch:mn01").save_pretrained(tmp_path / "qvim")

@@ -107,13 +107,14 @@ def _index_pairs(dataset, query_index: dict[Path, int], reference_index: dict[Pa
 
 
 def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world: int) -> dict[str, Any]:
-    """The split, the ``target`` embeddings of every reference (rank 0 fills the cache, then the others read
-    it) and the decoded clips.
+    """The split (recorded in the run folder as ``split.json``), the ``target`` embeddings of every reference
+    (rank 0 fills the cache, then the others read it) and the decoded clips.
 
     Returns ``fingerprint`` (the target's), ``targets`` (``[R, D]`` float32 tensor), ``train``
     (a :class:`PairDataset`), ``val`` (clips, targets, true reference per query, chance MRR) and ``paths``.
     """
-    from qvimclap.data import open_dataset, split_by_reference
+    from qvimclap.data import open_dataset
+    from qvimclap.data.split import SplitRecord, split_by_reference
     from qvimclap.evaluation import chance_mrr
     from qvimclap.targets import clap_targets, default_cache_dir
 
@@ -122,6 +123,8 @@ def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world
         raise TrainingError(f"{config.data}: has no (imitation, reference) pairs to train on")
     train_set, val_set = split_by_reference(dataset, val_fraction=config.val_fraction, seed=config.seed)
     out = Path(config.out)
+    if rank == 0:  # the model folder records its split: eval-retrieval --split val reads it back
+        SplitRecord.of(dataset, val_fraction=config.val_fraction, seed=config.seed).save(out)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(dataset.root, out / "cache")
     references = list(dataset.references)
     if rank == 0:
