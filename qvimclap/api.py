@@ -34,7 +34,8 @@ from qvimclap.errors import (
     QvimclapError,
     StoreError,
 )
-from qvimclap.index import VectorIndex, build_index_from_store
+from qvimclap.index import IndexPlan, VectorIndex, build_index_from_store
+from qvimclap.index import plan_index as plan_index_for
 from qvimclap.models.base import AudioEmbedder
 from qvimclap.store import EmbeddingStore
 
@@ -398,20 +399,58 @@ def open_store(path: str | Path, mode: str = "r") -> EmbeddingStore:
     return EmbeddingStore.open(path, mode=mode)
 
 
+def plan_index(
+    store_path: str | Path | Sequence[str | Path],
+    *,
+    kind: str = "flat",
+    max_memory: int | str | None = None,
+    params: Mapping[str, int] | None = None,
+) -> IndexPlan:
+    """The kind (``"auto"`` chooses by size and ``max_memory``), parameters and memory of the index that
+    :func:`build_index` would build over the store(s); nothing is built."""
+    from qvimclap.shards import open_stores
+
+    with open_stores(store_path) as library:
+        return plan_index_for(library.num_rows, library.dim, kind=kind, max_memory=max_memory, params=params)
+
+
 def build_index(
-    store_path: str | Path,
+    store_path: str | Path | Sequence[str | Path],
     out_path: str | Path,
     *,
     kind: str = "flat",
     center: bool = True,
     force: bool = False,
+    max_memory: int | str | None = None,
+    params: Mapping[str, int] | None = None,
+    plan: IndexPlan | None = None,
 ) -> Path:
-    """Build a FAISS index (``flat`` exact, ``hnsw`` or ``ivf``) over a store; returns the index path.
+    """Build an index (``flat`` exact, ``hnsw``, ``ivf``, ``ivfpq`` or ``auto``) over a store, the shards
+    of a parallel embed (its ``--out`` path), a glob or a list of stores; returns the index path.
 
     ``center`` (default): scores are cosines after subtracting the library's mean vector (stored in the
-    index).
+    index). ``max_memory`` (bytes or ``"4G"``): the budget ``auto`` and ``ivfpq`` size the index to.
     """
-    return build_index_from_store(store_path, out_path, kind=kind, center=center, force=force)
+    return build_index_from_store(
+        store_path,
+        out_path,
+        kind=kind,
+        center=center,
+        force=force,
+        max_memory=max_memory,
+        params=params,
+        plan=plan,
+    )
+
+
+def merge_stores(
+    stores: str | Path | Sequence[str | Path], out_path: str | Path, *, force: bool = False
+) -> Path:
+    """One store at ``out_path`` holding the rows of ``stores`` (e.g. a parallel embed's ``--out``, whose
+    shards are merged); mixed fingerprints and ids stored twice are refused."""
+    from qvimclap.shards import merge_stores as _merge
+
+    return _merge(stores, out_path, force=force)
 
 
 def load_index(path: str | Path) -> VectorIndex:
@@ -503,7 +542,9 @@ __all__ = [
     "embed_files",
     "load_embedder",
     "load_index",
+    "merge_stores",
     "open_store",
+    "plan_index",
     "search",
     "search_vectors",
 ]

@@ -203,6 +203,16 @@ class EmbeddingStore:
         """All committed embeddings, ``[N, D]`` float32."""
         return np.asarray(self._file["embeddings"][: self._num_rows], dtype=np.float32)
 
+    def mapped_embeddings(self) -> np.ndarray:
+        """The committed embeddings ``[N, D]`` as a read-only memory map of the file: rows are read from disk
+        (or the page cache) when touched, never all loaded. The dataset is contiguous and allocated when the
+        file is made, so its bytes sit at one fixed offset."""
+        data = self._file["embeddings"]
+        offset = data.id.get_offset()
+        if self._num_rows == 0 or offset is None or data.dtype != np.dtype("<f4") or data.chunks is not None:
+            return self.embeddings
+        return np.memmap(self.path, dtype="<f4", mode="r", offset=offset, shape=(self._num_rows, self._dim))
+
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Embeddings of ``ids`` in order, ``[len(ids), D]`` float32; unknown ids raise StoreError."""
         rows = self.rows_of(ids)

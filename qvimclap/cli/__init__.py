@@ -10,6 +10,7 @@ from qvimclap.cli import demo as _demo  # noqa: F401
 from qvimclap.cli import generate as _generate  # noqa: F401
 from qvimclap.cli import retrieval as _retrieval  # noqa: F401
 from qvimclap.cli import serve as _serve  # noqa: F401
+from qvimclap.cli import store as _store  # noqa: F401
 from qvimclap.cli._app import app
 
 

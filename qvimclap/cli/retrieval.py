@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.errors import StoreError
 
 
 @app.command()
@@ -47,23 +48,39 @@ def embed(
 @app.command()
 @user_errors
 def index(
-    store: Path = typer.Argument(..., help="Embedding store written by `qvimclap embed`."),
+    stores: list[str] = typer.Argument(
+        ...,
+        help="Embedding store(s) written by `qvimclap embed`: a store, the --out of a parallel embed "
+        "(all its shards), a glob, or several stores of one fingerprint.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Index file to write, e.g. indexes/NAME.faiss."),
     kind: str = typer.Option(
-        "flat", "--kind", help="flat (exact), hnsw or ivf (approximate, large libraries)."
+        "flat",
+        "--kind",
+        help="flat (exact), hnsw, ivf, ivfpq (compressed, re-ranked against the store) or auto (by size and "
+        "--max-memory).",
+    ),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory budget of the index, e.g. 4G (default: half of this machine's RAM).",
     ),
     center: bool = typer.Option(
         True, "--center/--no-center", help="Score by cosine after subtracting the library's mean vector."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing index file."),
 ) -> None:
-    """Build a FAISS inner-product index over a store."""
-    from qvimclap.api import build_index, open_store
+    """Build an inner-product index over a store (or the shards of a parallel embed); prints the memory it
+    will need before it builds."""
+    from qvimclap.api import build_index, plan_index
 
-    path = build_index(store, out, kind=kind, center=center, force=force)
-    with open_store(store) as source:
-        centring = "centred on the library mean" if center and len(source) > 1 else "raw cosine"
-        typer.echo(f"{path}: {kind} index of {len(source)} vectors, dim {source.dim}, {centring}")
+    if out.exists() and not force:  # say so before counting a large library
+        raise StoreError(f"{out}: index already exists; pass --force to overwrite it")
+    plan = plan_index(stores, kind=kind, max_memory=max_memory)
+    typer.echo(f"building {plan.describe()}")
+    path = build_index(stores, out, center=center, force=force, plan=plan)
+    centring = "centred on the library mean" if center and plan.num_vectors > 1 else "raw cosine"
+    typer.echo(f"{path}: {plan.kind} index of {plan.num_vectors} vectors, dim {plan.dim}, {centring}")
 
 
 @app.command()
