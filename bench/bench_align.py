@@ -38,6 +38,7 @@ from qvimclap.audio import load_audio
 from qvimclap.data import open_dataset, split_by_reference
 from qvimclap.data.pairs import write_pairs_csv
 from qvimclap.data.synth import FAMILIES, make_corpus
+from qvimclap.files import atomic_path
 from qvimclap.index import centered
 from qvimclap.models.mel import MelConfig, MelFrontEnd
 from qvimclap.train.align import AlignConfig, epoch_batches, load_waveforms, train_alignment
@@ -224,7 +225,10 @@ def make_split(args) -> tuple[Path, Path, object, object, object, float]:
     train_set, val_set = split_by_reference(
         dataset, val_fraction=args.val_refs / len(dataset.references), seed=args.seed
     )
-    train_csv = write_pairs_csv(corpus / "bench-train.csv", list(train_set.pairs), root=corpus)
+    train_csv = corpus / "bench-train.csv"
+    if not train_csv.is_file():  # deterministic for (corpus, seed); parallel runs may read it meanwhile
+        with atomic_path(train_csv) as tmp:
+            write_pairs_csv(tmp, list(train_set.pairs), root=corpus)
     return corpus, train_csv, dataset, train_set, val_set, synth_s
 
 
@@ -240,7 +244,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override an AlignConfig field: name=json")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--corpus", type=Path, help="use this pairs corpus instead of making one")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     # 1. corpus and split: ours trains on the training part only
     corpus, train_csv, dataset, train_set, val_set, synth_s = make_split(args)
@@ -252,11 +259,11 @@ def main() -> None:
 
     # 2. the targets of every reference (cached, outside the timed training)
     from qvimclap.targets import CACHE_DIR_NAME, clap_targets
-    from qvimclap.train.align import load_clap
+    from qvimclap.train.model import load_target_embedder
 
     cache_dir = corpus / CACHE_DIR_NAME
-    target = load_clap(config.clap, config.clap_preprocessing)
-    target_name = f"clap:{config.clap}"
+    target = load_target_embedder(config)
+    target_name = config.target_spec
     start = time.monotonic()
     all_refs = list(dataset.references)
     targets = clap_targets(all_refs, target, root=dataset.root, cache_dir=cache_dir)
@@ -268,7 +275,7 @@ def main() -> None:
     align_s = time.monotonic() - start
     ours = {
         space: ev.evaluate_retrieval(val_set, result.run_dir, k=5, space=space, cache_dir=cache_dir)
-        for space in ("clap", "qvim")
+        for space in ("target", "qvim")
     }
 
     # 4. the held-out table shared by every other row
@@ -282,7 +289,7 @@ def main() -> None:
     val_targets = targets[[r_index[p] for p in references]]
     rows = {
         "ours, QVIM space": ours["qvim"].metrics,
-        "ours, target space": ours["clap"].metrics,
+        "ours, target space": ours["target"].metrics,
     }
     peer_s, peer_steps, target_peer_steps = 0.0, 0, 0
     if not args.skip_peer:
@@ -328,7 +335,7 @@ def main() -> None:
     baseline = handmade_baseline(queries, references, true_ref, q_labels, r_labels)
     if baseline is not None:
         rows["hand-made log-mel stats (baseline_logmel.py)"] = baseline
-    chance = ours["clap"].chance
+    chance = ours["target"].chance
     rows["chance"] = {key: chance[key] for key in rows["ours, QVIM space"]}
 
     # 5. table

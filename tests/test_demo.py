@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from _tiny_audioldm import save_tiny_audioldm
 from typer.testing import CliRunner
 
 from qvimclap.cli import app
 from qvimclap.cli.demo import format_demo
-from qvimclap.demo import run_demo
+from qvimclap.demo import default_demo_target, run_demo
+from qvimclap.generation import GenerationError
 
 TINY = dict(qvim="scratch:mn01", clip_duration_s=0.5, epochs=1, batch_size=4, val_fraction=0.3)
 
@@ -25,13 +27,14 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
         num_references=14,
         imitations_per_reference=2,
         align_overrides=TINY,
+        target="clap:scratch",
         audioldm=save_tiny_audioldm(tmp_path / "tiny-audioldm"),
         progress=False,
     )
     assert (result.model_dir / "config.json").is_file()
     _, val = split_by_reference(open_dataset(result.corpus_dir), val_fraction=0.3, seed=0)
     assert 3 <= len(val.references) <= 5
-    assert set(result.reports) == {"clap", "qvim"}
+    assert set(result.reports) == {"target", "qvim"} and result.target == "clap:scratch"
     for report in result.reports.values():  # evaluated on the held-out references only
         assert report.num_references == len(val.references)
         assert report.num_queries == 2 * len(val.references)
@@ -84,3 +87,35 @@ def test_demo_refuses_a_missing_audioldm_folder_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert "AudioLDM weights not found" in result.output and "hf download" in result.output
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_aligns_into_aisfx_when_it_is_installed(monkeypatch):
+    import importlib.util
+
+    installed = importlib.util.find_spec("aisfx") is not None
+    assert default_demo_target() == ("aisfx" if installed else "clap:scratch")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert default_demo_target() == "clap:scratch"
+
+
+def test_demo_refuses_to_generate_from_a_space_that_is_not_clap(tmp_path):
+    with pytest.raises(GenerationError, match="--audioldm needs a CLAP target"):
+        run_demo(tmp_path / "demo", target="aisfx", audioldm=tmp_path / "ldm", progress=False)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_into_aisfx_indexes_and_searches_that_space(tmp_path):
+    pytest.importorskip("aisfx")
+    from qvimclap import api
+
+    result = run_demo(
+        tmp_path / "demo", num_references=12, imitations_per_reference=2, align_overrides=TINY, progress=False
+    )
+    assert result.target == "aisfx" and set(result.reports) == {"target", "qvim"}
+    with api.open_store(result.store_path) as store:
+        assert store.embedder_spec == "aisfx" and store.fingerprint["space"].startswith("aisfx:")
+    assert len(result.hit_kinds) == 5 and result.true_kind in result.query_path.name
+    printed = format_demo(result)
+    assert "target space: aisfx (the pretrained aiSFX" in printed
+    assert f"found at rank {result.true_rank} of 12" in printed
+    assert f"are of the imitated kind ({result.true_kind})" in printed

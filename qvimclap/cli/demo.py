@@ -19,6 +19,12 @@ def demo(
     refs: int = typer.Option(DEMO_REFERENCES, help="References in the synthetic corpus (20% are held out)."),
     imitations: int = typer.Option(3, help="Vocal imitations per reference."),
     seed: int = typer.Option(0, help="Seed of the corpus, the split and training."),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Frozen embedder to align into: aisfx (default when installed and not generating), "
+        "clap:scratch (the default otherwise; only a CLAP target can generate) or any align --target spec.",
+    ),
     audioldm: str | None = typer.Option(
         None,
         envvar="QVIMCLAP_AUDIOLDM_DIR",
@@ -27,7 +33,8 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Run again into an existing folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Synthesise a corpus, align an imitation encoder into CLAP space, evaluate, index and search."""
+    """Synthesise a corpus, align an imitation encoder into a target space (aisfx when installed, else the
+    scratch CLAP), evaluate, index and search."""
     from qvimclap.demo import run_demo
 
     result = run_demo(
@@ -35,6 +42,7 @@ def demo(
         num_references=refs,
         imitations_per_reference=imitations,
         seed=seed,
+        target=target,
         audioldm=audioldm,
         force=force,
         progress=progress,
@@ -42,11 +50,18 @@ def demo(
     typer.echo(format_demo(result))
 
 
+_TARGET_NOTES = {
+    "aisfx": " (the pretrained aiSFX sound-effects embedding; --target clap:scratch for the CLAP path)",
+    "clap:scratch": " (a seeded random CLAP: its space does not group sounds by kind; install aisfx for a "
+    "pretrained one)",
+}
+
+
 def format_demo(result: DemoResult) -> str:
     """What `qvimclap demo` prints: both spaces' metrics, one search, timings and where outputs are."""
     from qvimclap.generation import DOWNLOAD_HINT
 
-    lines = [""]
+    lines = ["", f"target space: {result.target}{_TARGET_NOTES.get(result.target, '')}", ""]
     for report in result.reports.values():
         title, metrics = report.format().split("\n\n")[:2]  # without the per-class table
         lines.append(f"{title}\n{metrics}\n")
@@ -54,11 +69,15 @@ def format_demo(result: DemoResult) -> str:
         f"search: {result.query_path.name} imitates {result.true_reference.name}, "
         f"found at rank {result.true_rank} of {result.num_indexed}"
     )
-    for hit in result.hits[:5]:
+    for hit, kind in zip(result.hits[:5], result.hit_kinds or [None] * 5, strict=False):
         mark = (
             "  <- the imitated sound" if Path(hit.path).resolve() == result.true_reference.resolve() else ""
         )
-        lines.append(f"  {hit.rank:>2}  {hit.score:.3f}  {hit.id}{mark}")
+        lines.append(f"  {hit.rank:>2}  {hit.score:.3f}  {hit.id}" + (f"  [{kind}]" if kind else "") + mark)
+    kinds = result.hit_kinds[:5]
+    if kinds and all(kinds) and result.true_kind:
+        same = sum(k == result.true_kind for k in kinds)
+        lines.append(f"  {same} of the top {len(kinds)} are of the imitated kind ({result.true_kind})")
     lines.append("")
     timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.timings_s.items())
     lines.append(f"time: {timings}")
