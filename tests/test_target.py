@@ -67,3 +67,42 @@ def test_generation_refuses_a_model_outside_a_clap_space(tmp_path):
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert "not a CLAP space" in result.output and "--target clap:" in result.output
     assert not out.exists()
+
+
+def _cli(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_align_eval_embed_search_with_the_aisfx_target(tmp_path):
+    """The whole path in the aisfx space on tiny data: align into it, evaluate there, index a library with
+    `embed --encoder aisfx`, search it by imitation through the aligned model."""
+    pytest.importorskip("aisfx")
+    import json
+
+    from qvimclap.data.synth import make_corpus
+
+    corpus = make_corpus(tmp_path / "c", num_references=6, imitations_per_reference=2, seed=1)
+    run = tmp_path / "run"
+    tiny = ["--qvim", "scratch:mn01", "--clip-seconds", "0.5", "--epochs", "1", "--batch-size", "4"]
+    both = _cli("align", "--data", corpus, "--out", run, "--target", "aisfx", "--clap", "scratch", *tiny)
+    assert both.exit_code == 2 and "shorthand for --target clap:scratch" in both.output
+    trained = _cli("align", "--data", corpus, "--out", run, "--target", "aisfx", "--no-progress", *tiny)
+    assert trained.exit_code == 0, trained.output
+    assert "validation MRR target (aisfx)" in trained.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["target"] == "aisfx" and config["clap_fingerprint"]["encoder"] == "aisfx"
+    assert len(list((corpus / ".qvimclap-cache").glob("*.h5"))) == 1  # the aisfx targets, cached
+    report = _cli("eval-retrieval", "--data", corpus, "--model", run, "--space", "target", "--json")
+    assert report.exit_code == 0, report.output
+    metrics = json.loads(report.output[report.output.index("{") :])
+    assert metrics["space"] == "target" and 0 < metrics["metrics"]["mrr"] <= 1
+    store, index = tmp_path / "lib.h5", tmp_path / "lib.faiss"
+    assert _cli("embed", corpus, "--encoder", "aisfx", "--out", store).exit_code == 0
+    assert _cli("index", store, "--out", index).exit_code == 0
+    query = next((corpus / "imitations").iterdir())
+    found = _cli("search", query, "--index", index, "--encoder", run, "-k", "3", "--json")
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.output[found.output.index("[") :])
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    wrong = _cli("search", query, "--index", index, "--encoder", "clap:scratch")
+    assert wrong.exit_code == 2  # a query encoder of another space is refused
