@@ -549,7 +549,7 @@ __all__ = [
     "search_vectors",
 ]
 
-# Alignment into CLAP space and retrieval evaluation (qvimclap align / eval-retrieval).
+# Alignment into a target space and retrieval evaluation (qvimclap align / eval-retrieval).
 from qvimclap.evaluation import RetrievalReport, evaluate_retrieval  # noqa: E402
 from qvimclap.train.align import AlignConfig, AlignResult, train_alignment  # noqa: E402
 

@@ -1,10 +1,11 @@
-"""CLAP targets: the frozen CLAP embedding of every reference, computed once per dataset and reused.
+"""Training targets: the frozen target embedding (CLAP, aisfx, ...) of every reference, computed once per
+dataset and reused.
 
 Training never runs CLAP per step. The first run on a dataset embeds its unique references with CLAP into an
 HDF5 :class:`~qvimclap.store.EmbeddingStore` named after the CLAP fingerprint (``clap-<fingerprint id>.h5``)
 under a cache folder; later runs (and evaluation) read it, embedding only references that are not in it yet. A
 different CLAP model, checkpoint or preprocessing has a different fingerprint and so a different file:
-targets of two CLAP spaces are never mixed.
+targets of two spaces are never mixed (the function keeps its first name, ``clap_targets``).
 
 References are read whole at CLAP's sample rate (never zero-padded by us: padding a clip before CLAP was one
 of the project log's causes of NaN embeddings); the CLAP embedder applies its own length policy.
@@ -93,6 +94,4 @@ def _check_fingerprint(stored: dict, expected: dict, path: Path) -> None:
 
     diff = fingerprint_differences(stored, expected)
     if diff:
-        raise StoreError(
-            f"{path}: cached CLAP targets were made by another model ({'; '.join(diff)}); delete it"
-        )
+        raise StoreError(f"{path}: cached targets were made by another model ({'; '.join(diff)}); delete it")

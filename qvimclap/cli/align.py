@@ -1,5 +1,5 @@
-"""``qvimclap align`` (train an imitation encoder into CLAP space) and ``qvimclap eval-retrieval`` (measure
-it)."""
+"""``qvimclap align`` (train an imitation encoder into a target space) and ``qvimclap eval-retrieval``
+(measure it)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def align(
     ),
     seed: int = typer.Option(_default("seed"), "--seed"),
     cache_dir: Path = typer.Option(
-        None, "--cache-dir", help="CLAP targets cache (default <data>/.qvimclap-cache)."
+        None, "--cache-dir", help="Targets cache (default <data>/.qvimclap-cache)."
     ),
     device: str = typer.Option(
         "auto", "--device", help="auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N."
@@ -202,7 +202,7 @@ def eval_retrieval(
         None, "--seed", help="Split seed (default: the model's recorded split, else 0)."
     ),
     cache_dir: Path = typer.Option(
-        None, "--cache-dir", help="CLAP targets cache (default <data>/.qvimclap-cache)."
+        None, "--cache-dir", help="Targets cache (default <data>/.qvimclap-cache)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plot: Path = typer.Option(None, "--plot", help="Write a histogram PNG of the true references' ranks."),

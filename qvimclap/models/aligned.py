@@ -160,7 +160,7 @@ def _pooled(encoder: nn.Module, waveforms: torch.Tensor) -> torch.Tensor:
 
 
 class AlignedModel(nn.Module):
-    """QVIM towers + heads into CLAP space. ``forward`` is the training step's model call."""
+    """QVIM towers + heads into the target space. ``forward`` is the training step's model call."""
 
     def __init__(self, config: AlignedConfig) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Projection heads: map a QVIM encoder's pooled embedding into CLAP's 512-d audio space.
+"""Projection heads: map a QVIM encoder's pooled embedding into the target's 512-d space (CLAP's by default).
 
 Two kinds, picked by :class:`HeadConfig.kind`:
 

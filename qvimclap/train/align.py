@@ -333,7 +333,7 @@ class _Run:
         if collapsed:
             logger.warning(
                 "epoch %d: embeddings collapsed (mean cosine between different imitations %.5f, between "
-                "their CLAP targets %.5f); lower --lr",
+                "their targets %.5f); lower --lr",
                 epoch,
                 metrics["val_mean_cosine"],
                 metrics["targets_mean_cosine"],

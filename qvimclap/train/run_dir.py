@@ -119,7 +119,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
             ax_loss.plot([h["step"] for h in train], [h[key] for h in train], label=term, alpha=0.7)
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_loss.legend(fontsize=7)
-    for key, label in (("val_mrr_clap", "CLAP space"), ("val_mrr_qvim", "QVIM space")):
+    for key, label in (("val_mrr_clap", "target space"), ("val_mrr_qvim", "QVIM space")):
         ax_val.plot([h["epoch"] for h in val], [h[key] for h in val], marker="o", label=label)
     if val:
         ax_val.axhline(val[0]["chance_mrr"], color="grey", linestyle=":", label="chance")
