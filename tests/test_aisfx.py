@@ -114,12 +114,13 @@ def test_mel_bank_is_essentias_unit_sum_htk_bank() -> None:
 
 
 def test_frames_and_blocks_follow_essentia_and_the_package() -> None:
-    config, drop = AisfxConfig(), AisfxConfig(partial_block="drop")
-    assert [num_frames(n, config) for n in (1, 1024, 1025, 2048, 2049, 44_100)] == [2, 2, 3, 3, 4, 45]
-    assert block_starts(40, config) == block_starts(40, drop) == [0]  # one zero-padded block
-    assert block_starts(150, config) == block_starts(150, drop) == [0, 50]
-    assert block_starts(151, drop) == [0, 50] and block_starts(151, config) == [0, 50, 100]
-    blocks = to_blocks(torch.ones(151, 96), config)
+    drop, keep = AisfxConfig(), AisfxConfig(partial_block="keep")
+    assert drop.partial_block == "drop"  # the default: the package's rule
+    assert [num_frames(n, drop) for n in (1, 1024, 1025, 2048, 2049, 44_100)] == [2, 2, 3, 3, 4, 45]
+    assert block_starts(40, keep) == block_starts(40, drop) == [0]  # one zero-padded block
+    assert block_starts(150, keep) == block_starts(150, drop) == [0, 50]
+    assert block_starts(151, drop) == [0, 50] and block_starts(151, keep) == [0, 50, 100]
+    blocks = to_blocks(torch.ones(151, 96), keep)
     assert blocks.shape == (3, 100, 96) and blocks[2, :51].eq(1).all() and blocks[2, 51:].eq(0).all()
 
 
@@ -138,7 +139,7 @@ def test_blocking_equals_the_packages_code() -> None:
 def test_network_and_clip_embedding_equal_the_packages_code(essentia_reference) -> None:
     from aisfx.models.cnn2d import EmbeddingNet
 
-    encoder = AisfxEncoder.from_pretrained(pooling="mean", partial_block="drop")
+    encoder = AisfxEncoder.from_pretrained()  # the defaults: mean pooling, the package's blocking
     reference_net = EmbeddingNet("max", 3, 1, 64).eval()  # as aisfx.inference.load_bestModel builds it
     reference_net.load_state_dict(read_checkpoint(packaged_checkpoint()))
     # The package's input: its own Essentia spectrogram, normalised and blocked (109 frames: one block).
@@ -253,7 +254,7 @@ def test_embed_contract(tiny_encoder: AisfxEncoder, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(aisfx_module, "MAX_BLOCKS_PER_PASS", 2)  # long clips' blocks run in several passes
     np.testing.assert_allclose(encoder.embed(clips, batch_size=3), vectors, atol=1e-5)
     blocks = encoder.embed_blocks(clips)
-    assert [b.shape[0] for b in blocks] == [1, 1, 4]  # 246 frames: blocks at 0, 50, 100 and (partial) 150
+    assert [b.shape[0] for b in blocks] == [1, 1, 3]  # 246 frames: blocks at 0, 50, 100 (partial 150 dropped)
     mean = blocks[2].mean(0)
     np.testing.assert_allclose(vectors[2], mean / np.linalg.norm(mean), atol=1e-5)
     for bad in (np.zeros(0, np.float32), np.array([0.1, np.nan], np.float32), np.zeros((2, 100), np.float32)):
