@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from qvimclap.errors import (
 from qvimclap.index import IndexPlan, VectorIndex, build_index_from_store
 from qvimclap.index import plan_index as plan_index_for
 from qvimclap.models.base import AudioEmbedder
+from qvimclap.shards import shard_files, shard_path, torchrun_rank
 from qvimclap.store import EmbeddingStore
 
 if TYPE_CHECKING:
@@ -203,8 +204,15 @@ def embed_dataset(
     batch_size: int = 16,
     items: str = "references",
     progress: bool = True,
+    workers: int = 0,
 ) -> EmbedReport:
     """Embed a dataset's files into an HDF5 store at ``out_path``, committing each batch (kill-safe).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each rank embeds its shard of the files
+    (:func:`qvimclap.shards.shard_files`) into its own store beside ``out_path``
+    (:func:`qvimclap.shards.shard_path`), on its own GPU when there is one (``LOCAL_RANK``); ranks never wait
+    for each other, and a re-run resumes every shard. ``workers``: processes decoding audio while the model
+    runs (a torch DataLoader; 0 decodes in this process).
 
     ``items``: ``"references"`` (the sound library, default), ``"queries"`` or ``"all"``. Ids are paths
     relative to the dataset root. An existing store is resumed (ids already stored are skipped; the
@@ -217,13 +225,18 @@ def embed_dataset(
     if items not in ITEM_SETS:
         raise StoreError(f"items must be one of {', '.join(ITEM_SETS)}, got {items!r}")
     _check_batch_size(batch_size)
-    out_path = Path(out_path)
+    if workers < 0:
+        raise StoreError(f"workers must be 0 or more, got {workers}")
+    rank, world = torchrun_rank()
+    out_path = Path(out_path) if world == 1 else shard_path(out_path, rank, world)
     if out_path.is_dir():
         raise StoreError(
             f"{out_path}: is a folder; --out takes the store's file name, e.g. {out_path / 'NAME.h5'}"
         )
     dataset = open_dataset(data_path)
     files = _dataset_files(dataset, items)
+    if world > 1:
+        files = shard_files(files, rank, world)
     if out_path.exists() and not (resume or force):
         raise StoreError(f"{out_path}: store already exists; pass --force to replace it or resume it")
     embedder = load_embedder(embedder_spec)
@@ -260,9 +273,12 @@ def embed_dataset(
             id_of = {p: i for i, p in todo}
             failures: list[Failure] = []
             num_added = 0
-            for batch in _batches([p for _, p in todo], batch_size, progress=progress, what="files"):
-                ok_paths, x, batch_failures = _embed_batch(batch, embedder, batch_size=batch_size)
-                failures.extend(batch_failures)
+            loaded = _loaded_batches(
+                [p for _, p in todo], embedder.sample_rate, batch_size, workers=workers, progress=progress
+            )
+            for paths, waves, load_failures in loaded:
+                ok_paths, x, batch_failures = _embed_waves(paths, waves, embedder, batch_size=batch_size)
+                failures.extend(load_failures + batch_failures)
                 if ok_paths:
                     rows = [_metadata_row(p, dataset) for p in ok_paths]
                     store.append([id_of[p] for p in ok_paths], x, rows)
@@ -309,15 +325,74 @@ def _embed_batch(
     paths: Sequence[Path], embedder: AudioEmbedder, *, batch_size: int
 ) -> tuple[list[Path], np.ndarray, list[Failure]]:
     """Load and embed one batch; unusable files become failures instead of errors."""
+    ok_paths, waves, failures = _load_batch(paths, embedder.sample_rate)
+    ok_paths, x, embed_failures = _embed_waves(ok_paths, waves, embedder, batch_size=batch_size)
+    return ok_paths, x, failures + embed_failures
+
+
+def _load_batch(
+    paths: Sequence[Path], sample_rate: int
+) -> tuple[list[Path], list[np.ndarray], list[Failure]]:
+    """Decode one batch of files (in a DataLoader worker when there are workers)."""
     from qvimclap.audio import load_audio
 
-    waves, ok_paths, failures = [], [], []
+    ok_paths, waves, failures = [], [], []
     for path in paths:
         try:
-            waves.append(load_audio(path, embedder.sample_rate))
+            waves.append(load_audio(path, sample_rate))
             ok_paths.append(path)
         except AudioError as err:
             failures.append(Failure(path, str(err)))
+    return ok_paths, waves, failures
+
+
+class _DecodedBatches:
+    """Batches of files as a map-style dataset: item ``i`` is batch ``i`` decoded (a torch DataLoader runs it
+    in worker processes, in order, so decoding overlaps with the model)."""
+
+    def __init__(self, batches: list[list[Path]], sample_rate: int) -> None:
+        self.batches, self.sample_rate = batches, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[list[Path], list[np.ndarray], list[Failure]]:
+        return _load_batch(self.batches[i], self.sample_rate)
+
+
+def _loaded_batches(
+    paths: list[Path], sample_rate: int, batch_size: int, *, workers: int, progress: bool
+) -> Iterator[tuple[list[Path], list[np.ndarray], list[Failure]]]:
+    batches = list(_batches(paths, batch_size, progress=False, what="files"))
+    if workers == 0:
+        decoded: Any = (_load_batch(b, sample_rate) for b in batches)
+    else:
+        from torch.utils.data import DataLoader
+
+        decoded = DataLoader(
+            _DecodedBatches(batches, sample_rate),
+            batch_size=None,  # items are whole batches already
+            num_workers=workers,
+            prefetch_factor=2,
+            collate_fn=_as_is,
+        )
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(paths), unit="files", disable=not progress, leave=False) as bar:
+        for ok_paths, waves, failures in decoded:
+            yield ok_paths, waves, failures
+            bar.update(len(ok_paths) + len(failures))
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _embed_waves(
+    ok_paths: list[Path], waves: list[np.ndarray], embedder: AudioEmbedder, *, batch_size: int
+) -> tuple[list[Path], np.ndarray, list[Failure]]:
+    """Embed decoded clips; clips the embedder cannot use become failures, never NaN rows."""
+    failures: list[Failure] = []
     if not waves:
         return [], np.zeros((0, embedder.embedding_dim), np.float32), failures
     try:

@@ -73,9 +73,9 @@ def default_params(kind: str, num_vectors: int, dim: int = 512) -> dict[str, int
 
     ``hnsw``: ``m`` links per node, ``ef_construction`` and ``ef_search`` beam widths. ``ivf``: ``nlist``
     k-means cells (about 2 sqrt(N), at least 39 training points each) and ``nprobe`` cells visited per query.
-    ``ivfpq``: ``nlist`` (about 4 sqrt(N)), ``nprobe``, ``pq_m`` bytes per code (d/8), ``pq_nbits`` (8; fewer
-    for tiny libraries, which cannot train 256 centroids per sub-space), ``opq`` (0/1: learn a rotation
-    first) and ``rerank`` candidates re-scored exactly per query.
+    ``ivfpq``: ``nlist`` (as ``ivf``), ``nprobe`` (at least 16), ``pq_m`` bytes per code (d/8),
+    ``pq_nbits`` (8; fewer for tiny libraries, which cannot train 256 centroids per sub-space), ``opq`` (0/1:
+    learn a rotation first) and ``rerank`` candidates re-scored exactly per query.
     """
     if kind == "flat":
         return {}
@@ -85,7 +85,7 @@ def default_params(kind: str, num_vectors: int, dim: int = 512) -> dict[str, int
         nlist = max(1, min(int(2 * math.sqrt(num_vectors)), num_vectors // 39))
         return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
     if kind == "ivfpq":
-        nlist = max(1, min(int(4 * math.sqrt(num_vectors)), num_vectors // 39))
+        nlist = max(1, min(int(2 * math.sqrt(num_vectors)), num_vectors // 39))
         return {
             "nlist": nlist,
             "nprobe": min(nlist, max(16, int(math.ceil(nlist / 64)))),
@@ -285,6 +285,7 @@ class VectorIndex:
         float32 vectors of the rows live (default: ``embeddings`` itself, which then cannot be saved).
         """
         x = _as_matrix(embeddings, "embeddings")
+        own_copy = not np.shares_memory(x, np.asarray(embeddings))  # e.g. read from a memory-mapped store
         if len(ids) != x.shape[0]:
             raise StoreError(f"{len(ids)} ids for {x.shape[0]} embeddings; give one id per row")
         if len(set(ids)) != len(ids):
@@ -294,8 +295,8 @@ class VectorIndex:
         mean = x.mean(axis=0, dtype=np.float64).astype(np.float32) if center and x.shape[0] > 1 else None
         if kind == "ivfpq" and rerank is None:
             rerank = RowSource([x])
-        if mean is not None:
-            x = centered(x, mean)
+        if mean is not None:  # in place when x is our own copy: 1M x 512 floats is 2 GB
+            x = centered(x, mean, inplace=own_copy and kind != "ivfpq")
         chosen = {**default_params(kind, x.shape[0], x.shape[1]), **(params or {})}
         if kind == "flat":
             return cls(
@@ -707,10 +708,14 @@ def _training_sample(x: np.ndarray, params: Mapping[str, int]) -> np.ndarray:
     return x[np.sort(np.random.default_rng(0).choice(len(x), size, replace=False))]
 
 
-def centered(x: np.ndarray, center: np.ndarray) -> np.ndarray:
+def centered(x: np.ndarray, center: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Rows of ``x`` ``[N, D]`` minus ``center`` ``[D]``, L2-normalised again (a row equal to the centre stays
-    zero)."""
-    y = np.asarray(x, dtype=np.float32) - center  # a new array: normalised in place below (1M x 512 is 2 GB)
+    zero); ``inplace`` overwrites ``x`` (float32) instead of making a new array."""
+    if inplace:
+        x -= center
+        y = x
+    else:
+        y = np.asarray(x, dtype=np.float32) - center  # a new array, normalised in place below
     y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
     return y
 
@@ -737,8 +742,11 @@ def _new_faiss_index(kind: str, dim: int, params: Mapping[str, int]) -> Any:
         else:
             m, nbits = int(params["pq_m"]), int(params["pq_nbits"])
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            # PQ k-means costs n_train x 256 x d per iteration whatever the code size, in low-dimensional
+            # sub-spaces where BLAS does not help: 64 points per centroid, 10 iterations keep it to seconds.
             index.pq.cp.seed = 0
-            index.pq.cp.niter = 15
+            index.pq.cp.niter = 10
+            index.pq.cp.max_points_per_centroid = 64
         index.cp.min_points_per_centroid = 1  # tiny libraries: one cell is fine, no warning
         index.cp.seed = 0  # reproducible k-means
         # k-means on a sample of 64 points per cell, 10 iterations: minutes become seconds at 1M vectors,

@@ -31,6 +31,19 @@ T = TypeVar("T")
 _SHARD = re.compile(r"\.shard-(\d{5})-of-(\d{5})$")
 
 
+def torchrun_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process as ``torchrun`` set them (``RANK``, ``WORLD_SIZE``); ``(0, 1)``
+    outside torchrun. Embedding ranks never talk to each other, so no process group is joined: a dead node
+    costs only its own shards, which a re-run resumes."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise StoreError(f"RANK={rank} and WORLD_SIZE={world} do not describe a torchrun process")
+    return rank, world
+
+
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     """Where rank ``rank`` of ``world_size`` writes the shard of the store ``out``."""
     out = Path(out)

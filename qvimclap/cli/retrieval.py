@@ -28,12 +28,26 @@ def embed(
     batch_size: int = typer.Option(16, "--batch-size", help="Clips per forward pass (and per commit)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store instead of resuming it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: int = typer.Option(
+        0, "--workers", help="Processes decoding audio while the model runs (0: decode in this process)."
+    ),
 ) -> None:
-    """Embed a dataset into an HDF5 store; a re-run resumes, skipping what is already stored."""
+    """Embed a dataset into an HDF5 store; a re-run resumes, skipping what is already stored.
+
+    Under torchrun (`torchrun --nproc-per-node N -m qvimclap.cli embed ...`) each process embeds its shard of
+    the files into its own store beside --out (NAME.shard-RANK-of-N.h5); `qvimclap index` given the same
+    --out reads them all."""
     from qvimclap.api import embed_dataset
 
     report = embed_dataset(
-        data, encoder, out, force=force, batch_size=batch_size, items=items, progress=progress
+        data,
+        encoder,
+        out,
+        force=force,
+        batch_size=batch_size,
+        items=items,
+        progress=progress,
+        workers=workers,
     )
     typer.echo(
         f"{report.store_path}: added {report.num_added}, already stored {report.num_skipped}, "
