@@ -475,14 +475,16 @@ class RowSource:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Float32 vectors of ``rows`` (any order, repeats allowed) ``[len(rows), D]``."""
-        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        which = np.searchsorted(self.starts, unique, side="right") - 1
-        out = np.empty((len(unique), self.arrays[0].shape[1]), np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")  # increasing rows: forward page reads from the memory map
+        wanted = rows[order]
+        out = np.empty((len(rows), self.arrays[0].shape[1]), np.float32)
+        which = np.searchsorted(self.starts, wanted, side="right") - 1
         for i, array in enumerate(self.arrays):
             mask = which == i
-            if mask.any():  # increasing rows: sequential-ish page reads from the memory map
-                out[mask] = array[unique[mask] - self.starts[i]]
-        return out[inverse.ravel()]
+            if mask.any():
+                out[order[mask]] = array[wanted[mask] - self.starts[i]]
+        return out
 
     @classmethod
     def from_stores(

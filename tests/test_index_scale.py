@@ -197,3 +197,11 @@ def test_cli_index_auto_prints_memory_and_store_merge(tmp_path: Path, rng: np.ra
     assert code == 0 and "m.h5: 300 embeddings of dim 32" in stdout, stderr
     code, _, stderr = run("store", "merge", str(tmp_path / "lib.shard-*.h5"), "--out", tmp_path / "m.h5")
     assert code == 2 and "already exists" in stderr
+
+
+def test_row_source_reads_rows_across_stores_in_any_order(rng: np.random.Generator) -> None:
+    from qvimclap.index import RowSource
+
+    parts = [rng.standard_normal((n, 4)).astype(np.float32) for n in (3, 5, 2)]
+    rows = np.array([9, 0, 3, 3, 7, 2, 8])
+    np.testing.assert_array_equal(RowSource(parts).take(rows), np.concatenate(parts)[rows])
