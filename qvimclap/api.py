@@ -33,6 +33,7 @@ from qvimclap.errors import (
     FingerprintMismatchError,
     QvimclapError,
     StoreError,
+    about_file,
 )
 from qvimclap.index import IndexPlan, VectorIndex, build_index_from_store
 from qvimclap.index import plan_index as plan_index_for
@@ -99,6 +100,16 @@ def parse_embedder_spec(spec: str) -> tuple[str, str, str]:
             return kind, text[len(kind) + 1 :], tower
     if text and Path(text).expanduser().is_dir():
         return "aligned", text, tower
+    if Path(text).expanduser().is_file():
+        raise CheckpointError(
+            f"{text}: is a file, not a model folder; for a checkpoint file say which kind it is, e.g. "
+            f"qvim:{text} or clap:{text}"
+        )
+    if "/" in text or text.startswith((".", "~")):  # meant as a model folder
+        raise CheckpointError(
+            f"{text}: no such model folder; pass an aligned model folder written by `qvimclap align`, or a "
+            "spec such as clap:scratch or qvim:scratch:mn04"
+        )
     raise CheckpointError(
         f"encoder spec {spec!r} is not understood; use clap:scratch, clap:<CLAP folder or checkpoint>, "
         "qvim:scratch:mn04, qvim:<checkpoint>, aisfx, aisfx:<checkpoint.pth or folder>, "
@@ -160,7 +171,11 @@ def embed_file(path: str | Path, embedder: str | AudioEmbedder) -> np.ndarray:
     from qvimclap.audio import load_audio
 
     embedder = _as_embedder(embedder)
-    return _checked_rows(embedder.embed([load_audio(path, embedder.sample_rate)]), [str(path)])[0]
+    wave = load_audio(path, embedder.sample_rate)
+    try:
+        return _checked_rows(embedder.embed([wave]), [str(path)])[0]
+    except AudioError as err:  # the model knows the clip as "waveform 0"; the user knows the file
+        raise about_file(err, path) from None
 
 
 def embed_array(waveform: np.ndarray, sample_rate: int, embedder: str | AudioEmbedder) -> np.ndarray:
@@ -342,7 +357,7 @@ def _load_batch(
             waves.append(load_audio(path, sample_rate))
             ok_paths.append(path)
         except AudioError as err:
-            failures.append(Failure(path, str(err)))
+            failures.append(Failure(path, str(about_file(err, path))))
     return ok_paths, waves, failures
 
 
@@ -402,7 +417,7 @@ def _embed_waves(
         return _embed_one_by_one(ok_paths, waves, embedder, failures)
     finite = np.isfinite(x).all(axis=1)
     for i in np.flatnonzero(~finite):  # never store NaN: report the file instead
-        failures.append(Failure(ok_paths[i], "the encoder produced NaN or Inf for this clip"))
+        failures.append(Failure(ok_paths[i], f"{ok_paths[i]}: the encoder produced NaN or Inf for this clip"))
     return [p for p, ok in zip(ok_paths, finite, strict=True) if ok], x[finite], failures
 
 
@@ -414,10 +429,10 @@ def _embed_one_by_one(
         try:
             row = np.asarray(embedder.embed([wave]), dtype=np.float32)
         except AudioError as err:
-            failures.append(Failure(path, str(err)))
+            failures.append(Failure(path, str(about_file(err, path))))
             continue
         if not np.isfinite(row).all():
-            failures.append(Failure(path, "the encoder produced NaN or Inf for this clip"))
+            failures.append(Failure(path, f"{path}: the encoder produced NaN or Inf for this clip"))
             continue
         ok_paths.append(path)
         rows.append(row)

@@ -22,8 +22,13 @@ SILENCE_PEAK_DBFS = -60.0
 #: Float files whose samples exceed this magnitude (+60 dB over full scale) are corrupt or wrongly scaled:
 #: their spectra overflow float32 and every encoder would return NaN.
 MAX_ABS_SAMPLE = 1000.0
+#: Sample rates a real audio file can have; a header outside them is damaged (resampling from 2 GHz would
+#: shrink a clip to silence, and the user would be told "silent").
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
 #: Files longer than this are cropped to their first ``MAX_DURATION_S`` seconds when read.
 MAX_DURATION_S = 60.0
+
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's sf_command code (sndfile.h)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus")
 
@@ -45,16 +50,28 @@ class AudioInfo:
 def audio_info(path: str | Path) -> AudioInfo:
     """Read the header of ``path``; raises :class:`AudioError` for missing, unreadable or empty files."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    try:  # libsndfile reports an unreadable file as a bare "System error."
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as err:
+        raise AudioError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if empty:
         raise AudioError(f"{path}: file is empty (0 bytes)")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not a readable audio file ({first_line(err)})") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    if info.frames <= 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{path}: its header gives a sample rate of {info.samplerate} Hz, outside the "
+            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz of real audio files; the header is damaged"
+        )
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
 
 
@@ -168,8 +185,13 @@ def write_audio(path: str | Path, waveform: np.ndarray, sample_rate: int) -> Pat
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: refusing to write non-finite samples")
     subtype = "FLOAT" if path.suffix.lower() == ".wav" else None
+    channels = 1 if x.ndim == 1 else x.shape[1]
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), x, sample_rate, subtype=subtype, format=_format_of(path))
+        with sf.SoundFile(tmp, "w", sample_rate, channels, subtype=subtype, format=_format_of(path)) as fh:
+            # libsndfile stamps float WAVs with a PEAK chunk holding the write time: the same audio would
+            # give other bytes every run. Turned off before the first frame (SFC_SET_ADD_PEAK_CHUNK, false).
+            sf._snd.sf_command(fh._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+            fh.write(x)
     return path
 
 

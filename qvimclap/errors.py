@@ -38,6 +38,18 @@ class QvimclapError(Exception):
     """Base class of every error a user can cause."""
 
 
+#: How models name a clip they were given as an array (they never see its file).
+_ANONYMOUS_SOURCE = re.compile(r"^(waveform \d+|<array>|imitation): ")
+
+
+def about_file(err: QvimclapError, path: object) -> QvimclapError:
+    """The same error, its message naming the file ``path`` where a model could only say "waveform 3"."""
+    text = _ANONYMOUS_SOURCE.sub("", str(err), count=1)
+    if not text.startswith(f"{path}:"):
+        text = f"{path}: {text}"
+    return type(err)(text)
+
+
 class AudioError(QvimclapError):
     """An audio file or array cannot be used (missing, unreadable, empty, non-finite)."""
 

@@ -337,11 +337,21 @@ def _device() -> Any:
 
 def _embed_paths(paths: list[Path], embedder: Any, batch_size: int) -> np.ndarray:
     from qvimclap.audio import load_audio
+    from qvimclap.errors import AudioError, about_file
 
     out = []
     for start in range(0, len(paths), 64):
-        waves = [load_audio(p, embedder.sample_rate) for p in paths[start : start + 64]]
-        out.append(np.asarray(embedder.embed(waves, batch_size=batch_size), dtype=np.float32))
+        chunk = paths[start : start + 64]
+        waves = [load_audio(p, embedder.sample_rate) for p in chunk]
+        try:
+            out.append(np.asarray(embedder.embed(waves, batch_size=batch_size), dtype=np.float32))
+        except AudioError:  # the model only says "waveform i": find the file, one by one, and name it
+            for path, wave in zip(chunk, waves, strict=True):
+                try:
+                    embedder.embed([wave])
+                except AudioError as err:
+                    raise about_file(err, path) from None
+            raise
     return np.concatenate(out)
 
 

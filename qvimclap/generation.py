@@ -34,7 +34,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import torch
 
 from qvimclap.audio import is_silent, prepare_waveform, resample
 from qvimclap.device import module_device, resolve_device
-from qvimclap.errors import CheckpointError, QvimclapError, first_line
+from qvimclap.errors import AudioError, CheckpointError, QvimclapError, about_file, first_line
 from qvimclap.files import atomic_path
 from qvimclap.models.base import AudioEmbedder, l2_normalize
 
@@ -190,18 +191,31 @@ class AudioLdm:
     def _cached_empty_text_embedding(self) -> np.ndarray:
         path = self._cache_path()
         if path is not None and path.is_file():
-            cached = np.load(path)
-            if cached.shape == (CONDITION_DIM,) and np.isfinite(cached).all():
+            try:  # a cache is only a shortcut: whatever is wrong with it, recompute
+                cached = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                cached = None
+                logger.warning(
+                    "recomputing the null condition: cache %s is unreadable (%s)", path, first_line(err)
+                )
+            if (
+                isinstance(cached, np.ndarray)
+                and cached.shape == (CONDITION_DIM,)
+                and np.isfinite(cached).all()
+            ):
                 return cached.astype(np.float32)
-            logger.warning("ignoring malformed cache file %s", path)
+            logger.warning("recomputing the null condition: cache %s is damaged; it is rewritten", path)
         # Mirrors AudioLDMPipeline._encode_prompt for negative_prompt=None: "" padded to the embedding size.
         tokens = self.tokenizer(
             [""], padding="max_length", max_length=CONDITION_DIM, truncation=True, return_tensors="pt"
         )
         embedding = self._text_embeds(tokens)[0]
         if path is not None:
-            with atomic_path(path) as tmp:  # concurrent runs never read half a file
-                np.save(tmp, embedding)
+            try:
+                with atomic_path(path) as tmp:  # concurrent runs never read half a file
+                    np.save(tmp, embedding)
+            except (OSError, QvimclapError) as err:  # a read-only or full cache must not stop generation
+                logger.warning("not caching the null condition in %s (%s)", path, first_line(err))
         return embedding
 
     def _cache_path(self) -> Path | None:
@@ -297,11 +311,12 @@ def load_audioldm(
         raise CheckpointError(
             f"{root} is not a diffusers AudioLDM folder: missing {', '.join(missing)}; " + DOWNLOAD_HINT
         )
-    unet = _load_component(UNet2DConditionModel, root / "unet", torch_dtype=torch.float32)
-    vae = _load_component(AutoencoderKL, root / "vae", torch_dtype=torch.float32)
-    vocoder = _load_component(SpeechT5HifiGan, root / "vocoder", dtype=torch.float32)
+    with _quiet_loading():
+        unet = _load_component(UNet2DConditionModel, root / "unet", torch_dtype=torch.float32)
+        vae = _load_component(AutoencoderKL, root / "vae", torch_dtype=torch.float32)
+        vocoder = _load_component(SpeechT5HifiGan, root / "vocoder", dtype=torch.float32)
+        text_encoder, tokenizer = _load_text_tower(root)
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    text_encoder, tokenizer = _load_text_tower(root)
     target = resolve_device(device)
     if text_encoder is not None:
         text_encoder = text_encoder.to(target)
@@ -317,6 +332,29 @@ def load_audioldm(
     )
     check_components(audioldm)
     return audioldm
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Keep the terminal to qvimclap's own progress while the components load: diffusers' advice to install
+    ``accelerate`` and the libraries' weight-loading bars say nothing a user can act on. Errors still show."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    saved = [
+        (lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+        for lib in (diffusers_logging, transformers_logging)
+    ]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
 
 
 def _load_text_tower(root: Path) -> tuple[Any | None, Any | None]:
@@ -644,17 +682,24 @@ def check_clap_space(model: AudioEmbedder) -> None:
         )
 
 
-def embed_imitation(waveform: np.ndarray, sample_rate: int, model: AudioEmbedder) -> np.ndarray:
-    """The normalised ``[512]`` condition of one imitation; silent or non-finite audio raises AudioError, a
-    model outside a CLAP space GenerationError."""
+def embed_imitation(
+    waveform: np.ndarray, sample_rate: int, model: AudioEmbedder, *, source: str = "imitation"
+) -> np.ndarray:
+    """The normalised ``[512]`` condition of one imitation; silent or non-finite audio raises AudioError
+    naming ``source`` (the imitation's file, when it came from one), a model outside a CLAP space
+    GenerationError."""
     check_clap_space(model)
-    x = prepare_waveform(waveform, sample_rate, model.sample_rate, source="imitation")
+    x = prepare_waveform(waveform, sample_rate, model.sample_rate, source=source)
     if model.embedding_dim != CONDITION_DIM:
         raise GenerationError(
             f"the condition model makes {model.embedding_dim}-d embeddings; AudioLDM needs {CONDITION_DIM}-d "
             "CLAP-space vectors: use an aligned model folder (qvimclap align) or a clap:... embedder"
         )
-    return normalize_condition(np.asarray(model.embed([x]))[0], name="imitation embedding")
+    try:
+        embedding = np.asarray(model.embed([x]))[0]
+    except AudioError as err:  # the model only knows "waveform 0"
+        raise about_file(err, source) from None
+    return normalize_condition(embedding, name="imitation embedding")
 
 
 def save_comparison_plot(

@@ -338,8 +338,7 @@ class VectorIndex:
         from qvimclap.files import atomic_path
 
         path = Path(path)
-        if path.exists() and not force:
-            raise StoreError(f"{path}: index already exists; pass force=True (--force) to overwrite it")
+        check_output_path(path, force)
         if self.kind == "ivfpq" and (self.rerank is None or self.rerank.stores is None):
             raise StoreError(
                 "an ivfpq index re-ranks against its store's vectors: build it from a store "
@@ -386,6 +385,8 @@ class VectorIndex:
         touch them, instead of being read whole before the first search.
         """
         path = Path(path)
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, not an index file (written by `qvimclap index`)")
         if not path.is_file():
             raise StoreError(f"{path}: no such index file; build one with `qvimclap index`")
         header, index, vectors = _read_index_file(path, mmap=mmap)
@@ -547,7 +548,14 @@ def _read_index_file(path: Path, *, mmap: bool) -> tuple[dict[str, Any], Any, np
     size = path.stat().st_size
     with open(path, "rb") as fh:
         if fh.read(len(MAGIC)) == MAGIC:  # version 1
+            if size < 16:
+                raise StoreError(f"{path}: index file is truncated ({size} bytes); {_REBUILD}")
             (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 16:
+                raise StoreError(
+                    f"{path}: index header length says {header_len} bytes but only {size - 16} follow "
+                    f"(truncated or damaged); {_REBUILD}"
+                )
             header = _parse_header(fh.read(header_len), path)
             if header.get("format_version") != 1:
                 raise StoreError(
@@ -562,9 +570,14 @@ def _read_index_file(path: Path, *, mmap: bool) -> tuple[dict[str, Any], Any, np
             )
         fh.seek(size - 16)
         header_len, magic = struct.unpack("<Q", fh.read(8))[0], fh.read(8)
-        if magic != TRAILER_MAGIC or header_len > size - 16:
+        if magic != TRAILER_MAGIC:
             raise StoreError(
                 f"{path}: not a qvimclap index file (bad magic); rebuild it with `qvimclap index`"
+            )
+        if header_len > size - 16:
+            raise StoreError(
+                f"{path}: index header length says {header_len} bytes but the file has {size - 16} before "
+                f"it (truncated or damaged); {_REBUILD}"
             )
         fh.seek(size - 16 - header_len)
         header = _parse_header(fh.read(header_len), path)
@@ -606,7 +619,27 @@ def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
         raise StoreError(f"{path}: corrupt index header ({err}); rebuild it") from None
     if not isinstance(header, dict) or header.get("kind") not in KINDS:
         raise StoreError(f"{path}: corrupt index header (no known kind); rebuild it")
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise StoreError(f"{path}: index header lacks {', '.join(missing)}; {_REBUILD}")
+    if not isinstance(header["ids"], list) or len(header["ids"]) != header["num_vectors"]:
+        raise StoreError(
+            f"{path}: index header's ids do not match its {header['num_vectors']} vectors; {_REBUILD}"
+        )
     return header
+
+
+#: Header keys every index file has (``embedder_spec``, ``center``, ``stores``, ``labels`` are optional).
+_HEADER_KEYS = ("format_version", "kind", "params", "dim", "num_vectors", "fingerprint", "ids", "paths")
+_REBUILD = "rebuild it with `qvimclap index`"
+
+
+def check_output_path(path: Path, force: bool) -> None:
+    """Refuse an ``--out`` that is a folder (even with ``force``), or an existing index without ``force``."""
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder; give the index a file name, e.g. {path / 'NAME.faiss'}")
+    if path.exists() and not force:
+        raise StoreError(f"{path}: index already exists; pass force=True (--force) to overwrite it")
 
 
 def _deserialize(read: Any, path: Path) -> Any:
@@ -633,8 +666,7 @@ def build_index_from_store(
     from qvimclap.shards import open_stores
 
     out_path = Path(out_path)
-    if out_path.exists() and not force:
-        raise StoreError(f"{out_path}: index already exists; pass force=True (--force) to overwrite it")
+    check_output_path(out_path, force)
     if kind != "auto":
         default_params(kind, 1)  # validate kind before reading a large store
     with open_stores(store_path) as library:
@@ -646,8 +678,15 @@ def build_index_from_store(
         if plan.kind == "ivfpq":
             index = _build_streaming_ivfpq(library, plan, center=center, rerank=rerank)
         else:
+            embeddings = np.concatenate(library.arrays) if len(library.arrays) > 1 else library.arrays[0]
+            bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+            if bad.size:  # stores refuse NaN, so a file was damaged or edited: say which and what to do
+                raise StoreError(
+                    f"{library.describe()}: {bad.size} stored embedding(s) contain NaN or Inf, e.g. id "
+                    f"{library.ids[bad[0]]!r}; re-embed the store (qvimclap embed --force)"
+                )
             index = VectorIndex.build(
-                np.concatenate(library.arrays) if len(library.arrays) > 1 else library.arrays[0],
+                embeddings,
                 library.ids,
                 fingerprint=library.fingerprint,
                 kind=plan.kind,

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from qvimclap.errors import FingerprintMismatchError, StoreError, WriteError, write_error
-from qvimclap.files import temp_name
+from qvimclap.files import remove_stale_temps, temp_name
 from qvimclap.fingerprint import canonical_json, fingerprint_differences
 
 logger = logging.getLogger(__name__)
@@ -543,13 +543,9 @@ def _writer_lock(path: Path) -> Iterator[None]:
 
 
 def _remove_leftovers(path: Path) -> None:
-    """Delete temporary files of ``path`` left by killed writers (an unlocked one has no writer)."""
-    for tmp in [path.with_name(path.name + ".tmp"), *path.parent.glob(f".{path.name}.*.tmp")]:
-        try:
-            with _writer_lock(tmp):
-                tmp.unlink()
-        except (StoreError, OSError):  # in use by a creator, or already gone
-            continue
+    """Delete temporary files of ``path`` left by killed writers (a live writer holds its HDF5 lock)."""
+    remove_stale_temps(path)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # qvimclap <= 0.1 named it so
 
 
 @contextmanager

@@ -46,8 +46,17 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines name files too: control characters in them are escaped like in every other output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 def _version(value: bool) -> None:

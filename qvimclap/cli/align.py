@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.errors import printable
 
 
 def _default(name: str) -> Any:
@@ -160,13 +161,14 @@ def align(
         return
     best = result.best_val
     typer.echo(
-        f"{result.run_dir}: best epoch {result.best_epoch}, validation MRR target ({config.target_spec}) "
-        f"{best['val_mrr_clap']:.4f}, "
+        f"{printable(result.run_dir)}: best epoch {result.best_epoch}, "
+        f"validation MRR target ({config.target_spec}) {best['val_mrr_clap']:.4f}, "
         f"qvim {best['val_mrr_qvim']:.4f} (chance {result.history[-1].get('chance_mrr', float('nan')):.4f}), "
         f"{result.elapsed_s / 60:.1f} min"
     )
     typer.echo(
-        f"model: {result.run_dir} (config.json + model.safetensors); curves: {result.run_dir / 'curves.png'}"
+        f"model: {printable(result.run_dir)} (config.json + model.safetensors); "
+        f"curves: {printable(result.run_dir / 'curves.png')}"
     )
     if result.collapsed:
         typer.echo(
@@ -206,13 +208,23 @@ def eval_retrieval(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plot: Path = typer.Option(None, "--plot", help="Write a histogram PNG of the true references' ranks."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
 ) -> None:
     """Rank all unique references for every imitation; print recall@1/@k/@10, MRR, class NDCG, chance, per
     class."""
     from qvimclap.data import open_dataset
+    from qvimclap.errors import QvimclapError
     from qvimclap.evaluation import evaluate_retrieval, plot_rank_histogram
+    from qvimclap.files import check_writable
     from qvimclap.targets import default_cache_dir
 
+    # Like every other output: never overwritten without --force, and checked before the work.
+    if plot is not None:
+        if plot.exists() and not force:
+            raise QvimclapError(
+                f"{plot} already exists; pass --force to overwrite it or choose another --plot"
+            )
+        check_writable(plot.parent)
     dataset = open_dataset(data)
     cache = cache_dir if cache_dir is not None else default_cache_dir(dataset.root, None)
     report = evaluate_retrieval(
@@ -237,4 +249,4 @@ def eval_retrieval(
         return
     typer.echo(report.format())
     if plot is not None:
-        typer.echo(f"\nrank histogram: {plot}")
+        typer.echo(f"\nrank histogram: {printable(plot)}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.errors import printable
 
 
 @app.command("convert-clap")
@@ -28,4 +29,4 @@ def convert_clap(
     from qvimclap.models.clap_convert import convert_clap_checkpoint
 
     folder = convert_clap_checkpoint(src, out, force=force, allow_pickle=allow_pickle)
-    typer.echo(f"Wrote {folder}")
+    typer.echo(f"Wrote {printable(folder)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.errors import printable
 
 #: Exit code of ``data check`` when the dataset reads but some files are unusable.
 UNUSABLE_FILES_EXIT = 1
@@ -41,7 +42,7 @@ def synth(
     folder = make_corpus(
         out, num_references=refs, imitations_per_reference=imitations, seed=seed, force=force, family=family
     )
-    typer.echo(f"{folder}: {refs} references, {refs * imitations} imitations (pairs.csv)")
+    typer.echo(f"{printable(folder)}: {refs} references, {refs * imitations} imitations (pairs.csv)")
 
 
 @data_app.command("check")

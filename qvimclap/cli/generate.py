@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from qvimclap.cli._app import app, user_errors
-from qvimclap.errors import QvimclapError
+from qvimclap.errors import QvimclapError, printable
+from qvimclap.files import check_writable
 
 
 @app.command()
@@ -81,12 +82,13 @@ def generate(
     if text is not None:
         gen.check_text_weight(text_weight)
     _refuse_existing(paths, force)
+    check_writable(out.parent)  # a read-only or full folder fails now, not after the whole run
     gen.resolve_audioldm_dir(audioldm)  # missing weights: say where to put them before any slow work
 
     # 2. The imitation and its condition; a silent or unreadable file stops here, before anything is written.
     embedder = _load_embedder(model)
     waveform = load_audio(imitation, embedder.sample_rate)
-    condition = gen.embed_imitation(waveform, embedder.sample_rate, embedder)
+    condition = gen.embed_imitation(waveform, embedder.sample_rate, embedder, source=str(imitation))
     if retrieve is not None:
         _print_retrieval(retrieve, condition, embedder.fingerprint(), k)
 
@@ -116,7 +118,7 @@ def generate(
         )
     _print_candidates(result, written, candidates)
     if plot:
-        typer.echo(f"spectrograms: {paths['plot']}")
+        typer.echo(f"spectrograms: {printable(paths['plot'])}")
 
 
 def output_paths(out: Path, *, num_candidates: int, keep_all: bool, plot: bool) -> dict[str, Any]:
@@ -171,10 +173,10 @@ def _print_retrieval(index_path: Path, condition: Any, fingerprint: dict[str, An
     index = api.load_index(index_path)
     api.check_query_space(fingerprint, index.fingerprint)
     hits = api.search_vectors(condition[None], index, k)[0]
-    typer.echo(f"nearest sounds in {index_path}:")
+    typer.echo(f"nearest sounds in {printable(index_path)}:")
     typer.echo("rank  score   id  path")
     for hit in hits:
-        typer.echo(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.id}  {hit.path}")
+        typer.echo(f"{hit.rank:>4}  {hit.score:6.3f}  {printable(hit.id)}  {printable(hit.path)}")
 
 
 def _print_candidates(result: Any, written: list[Path], num_candidates: int) -> None:
@@ -185,4 +187,4 @@ def _print_candidates(result: Any, written: list[Path], num_candidates: int) -> 
     for rank, index in enumerate(result.candidate_indices, start=1):
         score = "   n/a" if result.scores is None else f"{result.scores[rank - 1]:6.3f}"
         path = written[rank - 1] if rank <= len(written) else "-"
-        typer.echo(f"{rank:>4}  {index:>9}  {score}  {path}")
+        typer.echo(f"{rank:>4}  {index:>9}  {score}  {printable(path)}")

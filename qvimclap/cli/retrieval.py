@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
-from qvimclap.errors import StoreError
+from qvimclap.errors import printable
 
 
 @app.command()
@@ -50,13 +50,13 @@ def embed(
         workers=workers,
     )
     typer.echo(
-        f"{report.store_path}: added {report.num_added}, already stored {report.num_skipped}, "
+        f"{printable(report.store_path)}: added {report.num_added}, already stored {report.num_skipped}, "
         f"unusable {len(report.failures)} (of {report.num_items} files)"
     )
     if report.failures:
         typer.echo(f"Skipped {len(report.failures)} unusable file(s):", err=True)
         for failure in report.failures:
-            typer.echo(f"  {failure.reason}", err=True)
+            typer.echo(f"  {printable(failure.reason)}", err=True)
 
 
 @app.command()
@@ -87,14 +87,16 @@ def index(
     """Build an inner-product index over a store (or the shards of a parallel embed); prints the memory it
     will need before it builds."""
     from qvimclap.api import build_index, plan_index
+    from qvimclap.index import check_output_path
 
-    if out.exists() and not force:  # say so before counting a large library
-        raise StoreError(f"{out}: index already exists; pass --force to overwrite it")
+    check_output_path(out, force)  # say so before counting a large library
     plan = plan_index(stores, kind=kind, max_memory=max_memory)
     typer.echo(f"building {plan.describe()}")
     path = build_index(stores, out, center=center, force=force, plan=plan)
     centring = "centred on the library mean" if center and plan.num_vectors > 1 else "raw cosine"
-    typer.echo(f"{path}: {plan.kind} index of {plan.num_vectors} vectors, dim {plan.dim}, {centring}")
+    typer.echo(
+        f"{printable(path)}: {plan.kind} index of {plan.num_vectors} vectors, dim {plan.dim}, {centring}"
+    )
 
 
 @app.command()
@@ -117,4 +119,4 @@ def search(
         return
     typer.echo(f"{'rank':>4}  {'score':>7}  id  path")
     for hit in hits:
-        typer.echo(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.id}  {hit.path}")
+        typer.echo(f"{hit.rank:>4}  {hit.score:7.4f}  {printable(hit.id)}  {printable(hit.path)}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from qvimclap.audio import MAX_DURATION_S, audio_info, load_audio
 from qvimclap.data import Dataset, open_dataset
-from qvimclap.errors import AudioError, SilentAudioError
+from qvimclap.errors import AudioError, SilentAudioError, printable
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class CheckReport:
         """A human-readable multi-line report."""
         q = self.queries_per_reference
         lines = [
-            f"dataset   {self.root} (layout: {self.layout})",
+            f"dataset   {printable(self.root)} (layout: {self.layout})",
             f"references {self.num_references}   queries {self.num_queries}   pairs {self.num_pairs}   "
             f"classes {self.num_classes}",
             f"queries per reference  min {q.min:g}  median {q.median:g}  max {q.max:g}",
@@ -103,7 +103,7 @@ class CheckReport:
         else:
             summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
             lines.append(f"PROBLEMS: {summary}")
-            lines += [f"  {p.kind:<10} {p.role:<9} {p.message}" for p in self.problems]
+            lines += [f"  {p.kind:<10} {p.role:<9} {printable(p.message)}" for p in self.problems]
         return "\n".join(lines)
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from qvimclap.errors import DatasetError
+from qvimclap.files import locked_temp_dir, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -758,9 +759,8 @@ def make_corpus(
     deal = np.resize(np.arange(len(kinds)), num_references)
     np.random.default_rng(seed).shuffle(deal)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # A hidden sibling, locked while written; a killed run's folder is removed by the next run.
+    with _write_failures(out_dir), locked_temp_dir(out_dir) as tmp:
         (tmp / "references").mkdir()
         (tmp / "imitations").mkdir()
         pairs: list[Pair] = []
@@ -792,10 +792,19 @@ def make_corpus(
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
+
+
+@contextmanager
+def _write_failures(out_dir: Path) -> Iterator[None]:
+    """A full disk or a read-only folder while writing the corpus: one-line WriteError naming it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:  # libsndfile says only "System error."
+        problem = write_failure(out_dir, err)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def _check_output(out_dir: Path, *, force: bool) -> None:

@@ -36,7 +36,7 @@ from qvimclap.device import module_device
 from qvimclap.errors import CheckpointError
 from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
-from qvimclap.models.base import l2_normalize
+from qvimclap.models.base import l2_normalize, read_safetensors
 from qvimclap.models.heads import HeadConfig, ProjectionHead
 from qvimclap.models.windows import LONG_INPUT_POLICIES, pool_windows, split_windows
 
@@ -317,8 +317,6 @@ class AlignedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, source: str | Path) -> AlignedModel:
         """Load a folder written by :meth:`save_pretrained`; strict: missing or unexpected keys raise."""
-        from safetensors.torch import load_file
-
         source = Path(source)
         config_path, weights_path = source / CONFIG_NAME, source / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
@@ -331,7 +329,7 @@ class AlignedModel(nn.Module):
         except (json.JSONDecodeError, TypeError) as err:
             raise CheckpointError(f"{config_path}: not a valid aligned model config ({err})") from None
         model = cls(config)
-        state = load_file(str(weights_path))
+        state = read_safetensors(weights_path)
         expected = set(_unique_state_dict(model))
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:

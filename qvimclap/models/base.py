@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from qvimclap.errors import CheckpointError, first_line
 
 
 @runtime_checkable
@@ -29,3 +32,16 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Row-wise L2 normalisation of ``[N, D]`` float32; a zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32)
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file; a damaged or unreadable one raises CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({first_line(err)}); the model folder is damaged"
+        ) from None

@@ -98,7 +98,12 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
         raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=_is_zip(path))
     except Exception as err:  # torch raises many types for non-checkpoint or pickle-only files
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        hint = "" if allow_pickle else " If you trust the file, retry with --allow-pickle (it may run code)."
+        hint = (
+            ""
+            if allow_pickle
+            else f" If you trust the file, convert it once with `qvimclap convert-clap {path} OUT_FOLDER "
+            "--allow-pickle` (unpickling may run code) and use OUT_FOLDER."
+        )
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({first}).{hint}") from None
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):

@@ -42,7 +42,7 @@ from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.files import atomic_path
-from qvimclap.models.base import l2_normalize
+from qvimclap.models.base import l2_normalize, read_safetensors
 from qvimclap.models.mel import MelConfig, MelFrontEnd
 from qvimclap.models.mn import MN_WIDTHS, MNConfig, MobileNetV3, width_from_embedding_dim
 
@@ -311,8 +311,6 @@ class QvimEncoder(nn.Module):
 
     @classmethod
     def _from_folder(cls, folder: Path) -> QvimEncoder:
-        from safetensors.torch import load_file
-
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
             raise CheckpointError(
@@ -330,7 +328,7 @@ class QvimEncoder(nn.Module):
         data.pop("source", None)  # where the weights first came from; this folder is the source now
         space = data.pop("space", None)
         encoder = cls(QvimConfig.from_dict(data), source=str(folder), space=space)
-        _load_strict(encoder.mn, load_file(str(weights_path)), weights_path)
+        _load_strict(encoder.mn, read_safetensors(weights_path), weights_path)
         return encoder
 
     @classmethod
