@@ -32,6 +32,7 @@ one meanwhile), and replacing a store (``force``) first takes the writer lock of
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
@@ -494,6 +495,11 @@ def _reserve(path: Path, size: int) -> None:
     try:
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, max(1, size))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A file system that cannot reserve (EINVAL, EOPNOTSUPP): appends still never commit a failed write.
+        logger.debug("%s: cannot reserve disk space (%s)", path, err)
     finally:
         os.close(fd)
 

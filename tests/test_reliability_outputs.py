@@ -100,21 +100,24 @@ def test_a_damaged_store_row_is_named_when_indexing(
 
 # ------------------------------------------------------------- 7. one-line errors instead of tracebacks
 def test_damaged_index_files(store_and_index: tuple[Path, Path], sounds: Path, tmp_path: Path) -> None:
+    from qvimclap.index import MAGIC, TRAILER_MAGIC
+
     _, index_path = store_and_index
-    good = index_path.read_bytes()
-    (header_len,) = struct.unpack("<Q", good[8:16])
-    header = good[16 : 16 + header_len]
+    good = index_path.read_bytes()  # version 2: payload | header | header length | magic
+    (header_len,) = struct.unpack("<Q", good[-16:-8])
+    payload = good[: -16 - header_len]
+    keyless = b'{"kind": "flat"}'
     cases = {
-        "short": (good[:15], "index file is truncated (15 bytes)"),
-        "magic": (good[:8], "index file is truncated (8 bytes)"),
-        "length": (good[:8] + struct.pack("<Q", 1 << 60) + good[16:], "index header claims"),
+        "short": (good[:15], "not a qvimclap index file (too short)"),
+        "v1-short": (MAGIC + b"\0" * 4, "index file is truncated (12 bytes)"),
+        "v1-length": (MAGIC + struct.pack("<Q", 1 << 60) + b"{}", "index header length says"),
+        "length": (good[:-16] + struct.pack("<Q", 1 << 60) + TRAILER_MAGIC, "index header length says"),
         "keys": (
-            good[:8] + struct.pack("<Q", 2) + b"{}" + good[16 + header_len :],
-            "index header lacks format_version, kind, params",
+            payload + keyless + struct.pack("<Q", len(keyless)) + TRAILER_MAGIC,
+            "index header lacks format_version, params, dim, num_vectors, fingerprint, ids, paths",
         ),
-        "body": (good[: 16 + header_len] + b"junk", "corrupt faiss data"),
+        "payload": (good[4:], "index file is truncated or corrupt"),
     }
-    assert header.startswith(b"{")
     for name, (data, message) in cases.items():
         path = tmp_path / f"{name}.faiss"
         path.write_bytes(data)
@@ -383,3 +386,17 @@ def test_file_names_cannot_forge_output_lines(tmp_path: Path) -> None:
     code, out, err = run("embed", folder, "-e", ENCODER, "-o", tmp_path / "s.h5", "--no-progress")
     assert code == 0 and printable(forged) in err and "\x1b" not in err
     assert printable("a\tb\nc\x7f\u0085") == "a\\tb\\nc\\x7f\\x85"
+
+
+def test_atomic_path_reports_a_full_disk_whatever_the_writer_says(tmp_path: Path) -> None:
+    """torch.save (align's checkpoints) and libsndfile lose the errno: a full file system still says so."""
+    import torch
+
+    from qvimclap.errors import WriteError
+
+    with tmpfs(tmp_path, "8k") as disk:
+        target = disk / "checkpoints" / "epoch-001.pt"
+        with pytest.raises(WriteError, match=f"^{re.escape(str(target))}: no space left on device"):
+            with atomic_path(target) as tmp:
+                torch.save({"weights": torch.zeros(64 * 1024)}, tmp)
+        assert os.listdir(disk / "checkpoints") == []

@@ -24,7 +24,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qvimclap.errors import CheckpointError
+from qvimclap.files import locked_temp_dir
 
 if TYPE_CHECKING:
     from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapTextConfig
@@ -342,9 +342,8 @@ def convert_clap_checkpoint(
     if out_dir.exists() and not force:
         raise CheckpointError(f"{out_dir}: already exists; pass --force to overwrite it")
     model, dropped = load_checkpoint(src, allow_pickle=allow_pickle)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    # A hidden sibling with the umask's mode (a model folder is shared), locked while written.
+    with locked_temp_dir(out_dir) as tmp:
         from qvimclap.models.clap import quiet_transformers
 
         with quiet_transformers():
@@ -355,9 +354,6 @@ def convert_clap_checkpoint(
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("converted %s -> %s (%s, %d keys dropped)", src, out_dir, type(model).__name__, len(dropped))
     return out_dir
 
