@@ -74,16 +74,18 @@ def write_failure(target: str | Path, err: BaseException) -> WriteError | None:
 
 
 def check_writable(folder: str | Path) -> None:
-    """Raise WriteError now if files cannot be created in ``folder`` (made if missing): better before an hour
-    of work than after it."""
-    folder = Path(folder)
+    """Raise WriteError now if files cannot be created in ``folder``: better before an hour of work than after
+    it. A missing folder is not made (a run that fails later leaves nothing); its nearest existing parent is
+    probed instead."""
+    folder = Path(folder).absolute()
+    probe_in = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _create_temp_file(folder / "probe").unlink()
+        if not probe_in.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(probe_in))
+        _create_temp_file(probe_in / "probe").unlink()
     except OSError as err:
-        raise write_error(folder, err) or WriteError(
-            f"{folder}: cannot write here ({err.strerror})"
-        ) from None
+        problem = write_error(probe_in, err)
+        raise problem or WriteError(f"{probe_in}: cannot write here ({err.strerror})") from None
 
 
 @contextmanager
