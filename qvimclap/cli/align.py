@@ -239,7 +239,7 @@ def eval_retrieval(
         seed=seed,
     )
     for warning in report.warnings:
-        typer.echo(f"Warning: {warning}", err=True)
+        typer.echo(f"Warning: {printable(warning)}", err=True)
     if plot is not None:
         plot_rank_histogram(report, plot)
     if as_json:

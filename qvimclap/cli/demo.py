@@ -59,6 +59,7 @@ _TARGET_NOTES = {
 
 def format_demo(result: DemoResult) -> str:
     """What `qvimclap demo` prints: both spaces' metrics, one search, timings and where outputs are."""
+    from qvimclap.errors import printable
     from qvimclap.generation import DOWNLOAD_HINT
 
     lines = ["", f"target space: {result.target}{_TARGET_NOTES.get(result.target, '')}", ""]
@@ -66,14 +67,16 @@ def format_demo(result: DemoResult) -> str:
         title, metrics = report.format().split("\n\n")[:2]  # without the per-class table
         lines.append(f"{title}\n{metrics}\n")
     lines.append(
-        f"search: {result.query_path.name} imitates {result.true_reference.name}, "
+        f"search: {printable(result.query_path.name)} imitates {printable(result.true_reference.name)}, "
         f"found at rank {result.true_rank} of {result.num_indexed}"
     )
     for hit, kind in zip(result.hits[:5], result.hit_kinds or [None] * 5, strict=False):
         mark = (
             "  <- the imitated sound" if Path(hit.path).resolve() == result.true_reference.resolve() else ""
         )
-        lines.append(f"  {hit.rank:>2}  {hit.score:.3f}  {hit.id}" + (f"  [{kind}]" if kind else "") + mark)
+        lines.append(
+            f"  {hit.rank:>2}  {hit.score:.3f}  {printable(hit.id)}" + (f"  [{kind}]" if kind else "") + mark
+        )
     kinds = result.hit_kinds[:5]
     if kinds and all(kinds) and result.true_kind:
         same = sum(k == result.true_kind for k in kinds)
@@ -81,15 +84,19 @@ def format_demo(result: DemoResult) -> str:
     lines.append("")
     timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.timings_s.items())
     lines.append(f"time: {timings}")
-    lines.append(f"corpus  {result.corpus_dir}")
-    lines.append(f"model   {result.model_dir}   (metrics.jsonl, curves.png inside)")
-    lines.append(f"store   {result.store_path}")
-    lines.append(f"index   {result.index_path}")
+    lines.append(f"corpus  {printable(result.corpus_dir)}")
+    lines.append(f"model   {printable(result.model_dir)}   (metrics.jsonl, curves.png inside)")
+    lines.append(f"store   {printable(result.store_path)}")
+    lines.append(f"index   {printable(result.index_path)}")
     if result.generated_path is not None:
-        lines.append(f"sound   {result.generated_path}   (generated from {result.query_path.name})")
+        lines.append(
+            f"sound   {printable(result.generated_path)}   "
+            f"(generated from {printable(result.query_path.name)})"
+        )
     else:
         lines.append(f"generate: not run (no --audioldm); to generate, {DOWNLOAD_HINT}")
     lines.append(
-        f"next:   qvimclap search IMITATION.wav --index {result.index_path} --encoder {result.model_dir}"
+        f"next:   qvimclap search IMITATION.wav --index {printable(result.index_path)} "
+        f"--encoder {printable(result.model_dir)}"
     )
     return "\n".join(lines)

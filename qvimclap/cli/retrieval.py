@@ -91,7 +91,7 @@ def index(
 
     check_output_path(out, force)  # say so before counting a large library
     plan = plan_index(stores, kind=kind, max_memory=max_memory)
-    typer.echo(f"building {plan.describe()}")
+    typer.echo(f"building {printable(plan.describe())}")
     path = build_index(stores, out, center=center, force=force, plan=plan)
     centring = "centred on the library mean" if center and plan.num_vectors > 1 else "raw cosine"
     typer.echo(

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
-from qvimclap.errors import QvimclapError
+from qvimclap.errors import QvimclapError, printable
 
 
 @app.command()
@@ -76,11 +76,13 @@ def serve(
         web = create_app(state)
         url = url_of(sock)
         for library in state.indexes.values():
-            typer.echo(f"index {library.name}: {len(library.index)} sounds ({library.path})")
+            typer.echo(
+                f"index {printable(library.name)}: {len(library.index)} sounds ({printable(library.path)})"
+            )
         typer.echo(
             "generation: on" if state.generation is not None else f"generation: off ({state.generation_hint})"
         )
-        typer.echo(f"uploads are held in {state.uploads.path} while they are read")
+        typer.echo(f"uploads are held in {printable(state.uploads.path)} while they are read")
         typer.echo(f"open {url}/{f'#token={token}' if token else ''}  (API docs: {url}/docs; Ctrl-C stops)")
         # uvicorn re-raises SIGTERM once it has shut down; exit through Python so the upload folder goes too.
         signal.signal(signal.SIGTERM, _exit_quietly)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from qvimclap.cli._app import app, user_errors
+from qvimclap.errors import printable
 
 store_app = typer.Typer(name="store", help="Work with embedding stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
@@ -27,4 +28,4 @@ def merge(
 
     path = merge_stores(stores, out, force=force)
     with open_store(path) as merged:
-        typer.echo(f"{path}: {len(merged)} embeddings of dim {merged.dim}")
+        typer.echo(f"{printable(path)}: {len(merged)} embeddings of dim {merged.dim}")
