@@ -154,7 +154,8 @@ def test_hand_edited_row_count(store_and_index: tuple[Path, Path], tmp_path: Pat
     )
 
 
-def test_damaged_model_folder(sounds: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_aligned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from qvimclap.models.aligned import AlignedModel
@@ -168,13 +169,54 @@ def test_damaged_model_folder(sounds: Path, tmp_path: Path) -> None:
         clip_duration_s=0.5,
         clap_fingerprint={"encoder": "clap", "space": "clap:0123456789ab", "dim": 512},
     )
-    folder = tmp_path / "model"
+    folder = tmp_path_factory.mktemp("aligned") / "model"
     model.save_pretrained(folder)
+    return folder
+
+
+def test_damaged_model_folder(tiny_aligned: Path, sounds: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_aligned, folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     code, _, err = run("embed", sounds, "-e", folder, "-o", tmp_path / "s.h5")
     one_line_error(code, err, f"{weights}: not a readable safetensors file")
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_non_finite_output_blames_the_clip_unless_the_weights_are_bad(
+    tiny_aligned: Path, sounds: Path
+) -> None:
+    import torch
+
+    from qvimclap.errors import CheckpointError
+    from qvimclap.models.aligned import AlignedModel
+
+    model = AlignedModel.from_pretrained(tiny_aligned)
+    embedder = model.embedder("imitation")
+    clean = embedder._embed_windows
+
+    def padded_clips_overflow(windows, batch_size):  # stands for a clip the model cannot take
+        vectors = clean(windows, batch_size)
+        for w, v in zip(windows, vectors, strict=True):
+            if not np.asarray(w)[..., -100:].any():  # zero-padded: the short clip
+                v[:] = np.nan
+        return vectors
+
+    embedder._embed_windows = padded_clips_overflow
+    paths = sorted(sounds.glob("*.wav"))[:3]
+    t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
+    sf.write(paths[1], (0.5 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), SAMPLE_RATE)
+    x, failures = api.embed_files(paths, embedder)
+    assert x.shape == (2, 512) and [f.path for f in failures] == [paths[1]]
+    assert failures[0].reason == f"{paths[1]}: the model produced NaN or Inf for this clip"
+    embedder._embed_windows = clean
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or Inf weights"):
+        embedder.embed([np.ones(16000, np.float32) * 0.1])
 
 
 def test_full_disks_in_index_and_synth(store_and_index: tuple[Path, Path], tmp_path: Path) -> None:

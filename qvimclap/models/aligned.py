@@ -33,7 +33,7 @@ from torch import nn
 from qvimclap.audio import pad_or_crop
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
-from qvimclap.errors import CheckpointError
+from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize, read_safetensors
@@ -427,7 +427,11 @@ class AlignedEmbedder:
         how = "max" if self.model.config.long_input == "windows-max" else "mean"
         embeddings = np.stack([pool_windows(v, how) for v in window_vectors])
         if not np.isfinite(embeddings).all():
-            raise CheckpointError("the aligned model produced non-finite embeddings; its weights are damaged")
+            if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                raise CheckpointError("the aligned model holds NaN or Inf weights; the folder is damaged")
+            # Finite weights: the clip is what overflowed; the caller names its file.
+            bad = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
+            raise AudioError(f"waveform {bad}: the model produced NaN or Inf for this clip")
         return l2_normalize(embeddings)
 
     def _embed_windows(self, windows: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
