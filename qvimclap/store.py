@@ -112,6 +112,7 @@ class EmbeddingStore:
         }
         capacity = max(_MIN_CAPACITY, int(capacity))
         nbytes = capacity * _BYTES_PER_STRING
+        remove_stale_temps(path)  # a creator killed before publishing left its file
         if not path.exists():
             return cls(path, "a", _write_file(path, header, capacity, nbytes, source=None, replace=False))
         with _writer_lock(path):  # never replace a store another process is still writing

@@ -96,6 +96,18 @@ def _fill_and_resume(folder: Path, expected: dict[str, np.ndarray], store_path: 
     assert assert_complete_rows(store_path, expected, folder) == 12
 
 
+def test_a_creator_killed_before_publishing_leaves_nothing_for_long(library, tmp_path: Path) -> None:
+    from qvimclap.files import temp_name
+
+    folder, _ = library
+    store_path = tmp_path / "s.h5"
+    leftover = temp_name(store_path)  # what a creator killed mid-way leaves: unlocked, unpublished
+    leftover.write_bytes(b"half an HDF5 file")
+    code, _, err = run("embed", folder, "-e", ENCODER, "-o", store_path, "--no-progress")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["s.h5"]
+
+
 def test_full_disk_on_a_new_store_leaves_nothing(library, tmp_path) -> None:
     folder, _ = library
     with tmpfs(tmp_path, "16k") as disk:
