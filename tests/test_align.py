@@ -27,6 +27,7 @@ from qvimclap.train.align import (
     train_alignment,
     warmup_cosine,
 )
+from qvimclap.train.run_dir import load_checkpoint
 
 
 class FakeClap:
@@ -140,8 +141,8 @@ def test_training_loss_falls_and_run_folder_is_complete(corpus, tmp_path):
     for name in ("config.json", "model.safetensors", "curves.png", "summary.json", "align_config.json"):
         assert (result.run_dir / name).is_file(), name
     assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == [
-        "epoch-003.pt",
-        "epoch-004.pt",
+        "epoch-003.safetensors",
+        "epoch-004.safetensors",
     ]
     model = AlignedModel.from_pretrained(result.run_dir)
     assert model.config.clap_fingerprint["space"] == "clap:fake00000000"
@@ -189,8 +190,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(corpus, tmp_path, monk
         )
     resumed = train_alignment(tiny_config(corpus, tmp_path / "killed", epochs=3), resume=True, progress=False)
 
-    a = torch.load(full.run_dir / "checkpoints" / "epoch-003.pt", weights_only=False)["model"]
-    b = torch.load(resumed.run_dir / "checkpoints" / "epoch-003.pt", weights_only=False)["model"]
+    a = load_checkpoint(full.run_dir / "checkpoints" / "epoch-003.safetensors")["model"]
+    b = load_checkpoint(resumed.run_dir / "checkpoints" / "epoch-003.safetensors")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     assert [r["val_mrr_clap"] for r in full.history if r["event"] == "val"] == pytest.approx(
@@ -380,3 +381,29 @@ def test_the_target_is_any_frozen_embedder_and_is_recorded(corpus, tmp_path, mon
     assert tiny_config(corpus, tmp_path, clap="models/clap-s").target_spec == "clap:models/clap-s"
     with pytest.raises(QvimclapError, match="not a frozen embedder"):
         tiny_config(corpus, tmp_path, target="qvim:scratch:mn04")
+
+
+def test_a_failed_run_leaves_no_folder_that_blocks_the_next(corpus, tmp_path):
+    """Issue 12 item 8: a run that fails before its first checkpoint removes its folder; a folder left by a
+    run killed that early (only ``align_config.json``) is replaced without ``--force``."""
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="no full batch"):
+        train_alignment(tiny_config(corpus, out, batch_size=512), progress=False)
+    assert not out.exists()
+    out.mkdir()
+    (out / "align_config.json").write_text(json.dumps(tiny_config(corpus, out).to_dict()))
+    (out / "metrics.jsonl").write_text("")
+    result = train_alignment(tiny_config(corpus, out, epochs=1), progress=False)
+    assert (result.run_dir / "checkpoints" / "epoch-001.safetensors").is_file()
+
+
+def test_align_rejects_a_non_finite_learning_rate_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from qvimclap.cli import app
+
+    result = CliRunner().invoke(
+        app, ["align", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", "nan"]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: lr must be a finite number, got nan"]

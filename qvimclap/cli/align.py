@@ -30,6 +30,12 @@ def _loss_default(name: str) -> Any:
     return LossConfig.__dataclass_fields__[name].default
 
 
+def _given(help_text: str, name: str, loss: bool = False) -> str:
+    """Help text that states the default (options default to None so a preset can fill what is not given)."""
+    value = _loss_default(name) if loss else _default(name)
+    return f"{help_text} [default without --preset: {value}]".strip()
+
+
 @app.command()
 @user_errors
 def align(
@@ -37,8 +43,15 @@ def align(
         ..., "--data", "-d", help="Training dataset: pairs.csv corpus, VimSketch or QVIM-DEV."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/NAME (becomes a model folder)."),
+    preset: str = typer.Option(
+        None,
+        "--preset",
+        help="Start from a named preset (demo-cpu, qvim-baseline, clap-align); options given override it.",
+    ),
     qvim: str = typer.Option(
-        _default("qvim"), "--qvim", help="QVIM start: scratch:mnXX, EfficientAT .pt, baseline .ckpt, folder."
+        None,
+        "--qvim",
+        help=_given("QVIM start: scratch:mnXX, EfficientAT .pt, baseline .ckpt, folder.", "qvim"),
     ),
     target: str = typer.Option(
         None,
@@ -52,63 +65,83 @@ def align(
         help="Shorthand for --target clap:SOURCE (scratch, transformers folder, .pt, .ckpt).",
     ),
     clap_preprocessing: str = typer.Option(
-        _default("clap_preprocessing"),
+        None,
         "--clap-preprocessing",
-        help="For a CLAP target: audioldm (16 kHz, AudioLDM's) or plain.",
+        help=_given("For a CLAP target: audioldm (16 kHz, AudioLDM's) or plain.", "clap_preprocessing"),
     ),
     epochs: int = typer.Option(
-        _default("epochs"), "--epochs", help="At most this many passes over the pairs."
+        None, "--epochs", help=_given("At most this many passes over the pairs.", "epochs")
     ),
     patience: int = typer.Option(
-        _default("patience"),
+        None,
         "--patience",
-        help="Stop after this many epochs without a better validation MRR.",
+        help=_given("Stop after this many epochs without a better validation MRR.", "patience"),
     ),
     max_minutes: float = typer.Option(
-        _default("max_minutes"), "--max-minutes", help="Stop after the epoch in which this much time ran out."
+        None,
+        "--max-minutes",
+        help=_given("Stop after the epoch in which this much time ran out.", "max_minutes"),
     ),
-    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help="Pairs per step (global)."),
-    lr: float = typer.Option(_default("lr"), "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help=_given("Pairs per step (global).", "batch_size")
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help=_given("Peak learning rate (AdamW, warm-up then cosine).", "lr")
+    ),
     clip_seconds: float = typer.Option(
-        _default("clip_duration_s"),
+        None,
         "--clip-seconds",
-        help="Input length: clips are zero-padded or cut to this.",
+        help=_given("Input length: clips are zero-padded or cut to this.", "clip_duration_s"),
     ),
-    head: str = typer.Option(_default("head"), "--head", help="Projection head: linear or mlp (2 layers)."),
+    head: str = typer.Option(
+        None, "--head", help=_given("Projection head: linear or mlp (2 layers).", "head")
+    ),
     shared_towers: bool = typer.Option(
-        _default("shared_towers"),
+        None,
         "--shared-towers/--separate-towers",
-        help="One encoder for both sides, or two.",
+        help=_given("One encoder for both sides, or two.", "shared_towers"),
     ),
-    loss: str = typer.Option(_loss_default("kind"), "--loss", help="infonce (in-batch negatives) or cosine."),
-    w_imitation_clap: float = typer.Option(_loss_default("imitation_clap"), "--w-imitation-clap"),
-    w_reference_clap: float = typer.Option(_loss_default("reference_clap"), "--w-reference-clap"),
+    loss: str = typer.Option(
+        None, "--loss", help=_given("infonce (in-batch negatives) or cosine.", "kind", True)
+    ),
+    w_imitation_clap: float = typer.Option(
+        None, "--w-imitation-clap", help=_given("", "imitation_clap", True)
+    ),
+    w_reference_clap: float = typer.Option(
+        None, "--w-reference-clap", help=_given("", "reference_clap", True)
+    ),
     w_imitation_reference: float = typer.Option(
-        _loss_default("imitation_reference"), "--w-imitation-reference"
+        None, "--w-imitation-reference", help=_given("", "imitation_reference", True)
     ),
     temperature: float = typer.Option(
-        _loss_default("temperature"), "--temperature", help="InfoNCE temperature, imitation-reference term."
+        None,
+        "--temperature",
+        help=_given("InfoNCE temperature, imitation-reference term.", "temperature", True),
     ),
     clap_temperature: float = typer.Option(
-        _loss_default("clap_temperature"),
+        None,
         "--clap-temperature",
-        help="InfoNCE temperature, terms against CLAP.",
+        help=_given("InfoNCE temperature, terms against CLAP.", "clap_temperature", True),
     ),
     center: bool = typer.Option(
-        _loss_default("center"), "--center/--no-center", help="Compare vectors minus the mean CLAP target."
+        None,
+        "--center/--no-center",
+        help=_given("Compare vectors minus the mean CLAP target.", "center", True),
     ),
     symmetric: bool = typer.Option(
-        _loss_default("symmetric"), "--symmetric/--one-direction", help="InfoNCE in both directions."
+        None, "--symmetric/--one-direction", help=_given("InfoNCE in both directions.", "symmetric", True)
     ),
     val_fraction: float = typer.Option(
-        _default("val_fraction"), "--val-fraction", help="References held out."
+        None, "--val-fraction", help=_given("References held out.", "val_fraction")
     ),
-    seed: int = typer.Option(_default("seed"), "--seed"),
+    seed: int = typer.Option(None, "--seed", help=_given("", "seed")),
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="Targets cache (default <data>/.qvimclap-cache)."
     ),
     device: str = typer.Option(
-        "auto", "--device", help="auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N."
+        None,
+        "--device",
+        help=_given("auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N.", "device"),
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue a killed run from its last epoch checkpoint."
@@ -119,43 +152,42 @@ def align(
     """Train QVIM towers + a head so imitations land on the target embedding (CLAP by default, or aisfx, ...)
     of the sound they imitate."""
     from qvimclap.errors import QvimclapError
-    from qvimclap.train.align import AlignConfig, train_alignment
-    from qvimclap.train.losses import LossConfig
+    from qvimclap.train.align import train_alignment
+    from qvimclap.train.presets import resolve_align_config
 
     if target is not None and clap is not None:
         raise QvimclapError(f"--clap {clap} is the shorthand for --target clap:{clap}; pass one of them")
-
-    loss_config = LossConfig(
-        kind=loss,
-        imitation_clap=w_imitation_clap,
-        reference_clap=w_reference_clap,
-        imitation_reference=w_imitation_reference,
-        temperature=temperature,
-        clap_temperature=clap_temperature,
-        symmetric=symmetric,
-        center=center,
-    )
-    config = AlignConfig(
-        data=str(data),
-        out=str(out),
-        qvim=qvim,
-        clap=_default("clap") if clap is None else clap,
-        target=target,
-        clap_preprocessing=clap_preprocessing,
-        shared_towers=shared_towers,
-        head=head,
-        loss=loss_config.to_dict(),
-        clip_duration_s=clip_seconds,
-        epochs=epochs,
-        patience=patience,
-        max_minutes=max_minutes,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        cache_dir=None if cache_dir is None else str(cache_dir),
-        device=device,
-    )
+    loss_given = {
+        "kind": loss,
+        "imitation_clap": w_imitation_clap,
+        "reference_clap": w_reference_clap,
+        "imitation_reference": w_imitation_reference,
+        "temperature": temperature,
+        "clap_temperature": clap_temperature,
+        "symmetric": symmetric,
+        "center": center,
+    }
+    given = {
+        "qvim": qvim,
+        "clap": clap,
+        "target": target,
+        "clap_preprocessing": clap_preprocessing,
+        "shared_towers": shared_towers,
+        "head": head,
+        "clip_duration_s": clip_seconds,
+        "epochs": epochs,
+        "patience": patience,
+        "max_minutes": max_minutes,
+        "batch_size": batch_size,
+        "lr": lr,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "device": device,
+        "loss": {k: v for k, v in loss_given.items() if v is not None},
+    }
+    overrides = {k: v for k, v in given.items() if v is not None and v != {}}
+    config = resolve_align_config(data=str(data), out=str(out), preset=preset, overrides=overrides)
     result = train_alignment(config, resume=resume, force=force, progress=progress)
     if result is None:  # a non-zero rank under torchrun
         return

@@ -19,8 +19,8 @@
 
 The run folder ``out`` holds: ``config.json`` + ``model.safetensors`` (the best model; load it with
 ``AlignedModel.from_pretrained(out)``), ``align_config.json``, ``metrics.jsonl``, ``curves.png``,
-``summary.json`` and ``checkpoints/epoch-NNN.pt`` (model, optimizer, scheduler, RNG states, history; the last
-two are kept).
+``summary.json`` and ``checkpoints/epoch-NNN.safetensors`` (model, optimizer, scheduler, RNG states (CUDA's
+too), history; the last two are kept; a safe format that is never unpickled).
 
 Determinism: the pair order and the crop of each clip are drawn from ``(seed, epoch, index)``, the
 augmentations from torch's RNG seeded with ``seed + rank`` and saved in every checkpoint, so ``resume=True``
@@ -67,9 +67,10 @@ from qvimclap.train.run_dir import (
     TRAIN_CONFIG_NAME,
     append_metrics,
     latest_checkpoint,
-    load_checkpoint,
+    load_latest_checkpoint,
     plot_curves,
     prepare_run_dir,
+    removed_on_failure,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -126,16 +127,30 @@ logger = logging.getLogger(__name__)
 
 def train_alignment(config: AlignConfig, *, resume: bool = False, force: bool = False, progress: bool = True):
     """Run (or resume) an alignment; returns an :class:`AlignResult` on rank 0 (None on other ranks)."""
-    start_time = time.monotonic()
     device = resolve_device(config.device)  # before any work: a wrong --device fails at once
     # 1. process group and run folder
     rank, world = init_distributed()
     out = Path(config.out)
     if config.batch_size % world:
         raise QvimclapError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
-    if rank == 0:
-        prepare_run_dir(out, config, resume=resume, force=force)
+    fresh = prepare_run_dir(out, config, resume=resume, force=force) if rank == 0 else False
     barrier(world)
+    with removed_on_failure(out, fresh=fresh):  # a failure before the first checkpoint leaves no folder
+        return _train(config, out, device, rank=rank, world=world, resume=resume, progress=progress)
+
+
+def _train(
+    config: AlignConfig,
+    out: Path,
+    device: torch.device,
+    *,
+    rank: int,
+    world: int,
+    resume: bool,
+    progress: bool,
+) -> AlignResult | None:
+    """Steps 2-6 of :func:`train_alignment`."""
+    start_time = time.monotonic()
     # 2. split, targets, clips
     data = prepare_data(config, load_target_embedder(config), rank=rank, world=world)
     train_data: PairDataset = data["train"]
@@ -219,10 +234,9 @@ def _stop_reason(
 
 def _resume(out: Path, model, optimizer, scheduler, state: dict[str, Any]) -> dict[str, Any]:
     """Load the newest checkpoint (if any) into the model, optimiser, schedule and RNGs; the run's state."""
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
+    saved = load_latest_checkpoint(out)
+    if saved is None:
         return state
-    saved = load_checkpoint(checkpoint)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,17 @@ class AlignConfig:
     target: str | None = None
     patience: int | None = None
     max_minutes: float | None = None
+    #: The preset these settings were resolved from (:mod:`qvimclap.train.presets`), for the record.
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         from qvimclap.models.target import parse_target
 
         LossConfig.from_dict(self.loss)  # validates
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise QvimclapError(f"{f.name} must be a finite number, got {value}")
         parse_target(self.target_spec)  # validates
         if (self.patience is not None and self.patience < 1) or (
             self.max_minutes is not None and self.max_minutes <= 0
