@@ -258,10 +258,11 @@ def main() -> None:
     config = AlignConfig(data=str(train_csv), out=str(args.work / f"run-{args.family}"), **overrides)
 
     # 2. the targets of every reference (cached, outside the timed training)
-    from qvimclap.targets import CACHE_DIR_NAME, clap_targets
+    from qvimclap.prepared import cache_dir_for
+    from qvimclap.targets import clap_targets
     from qvimclap.train.model import load_target_embedder
 
-    cache_dir = corpus / CACHE_DIR_NAME
+    cache_dir = cache_dir_for(corpus)
     target = load_target_embedder(config)
     target_name = config.target_spec
     start = time.monotonic()

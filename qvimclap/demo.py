@@ -81,7 +81,7 @@ def run_demo(
     from qvimclap.evaluation import evaluate_retrieval
     from qvimclap.generation import GenerationError, load_audioldm
     from qvimclap.models.target import is_clap_target
-    from qvimclap.targets import default_cache_dir
+    from qvimclap.prepared import cache_dir_for
     from qvimclap.train.align import AlignConfig, train_alignment
 
     out = Path(out_dir)
@@ -121,7 +121,7 @@ def run_demo(
     # 3. retrieval on the held-out references, in both spaces
     dataset = open_dataset(corpus)
     _, val = split_by_reference(dataset, val_fraction=config.val_fraction, seed=config.seed)
-    cache_dir = config.cache_dir or default_cache_dir(Path(corpus), None)  # reuse the training targets
+    cache_dir = cache_dir_for(corpus, config.cache_dir)  # the one rule: reuse what align prepared
     reports = {
         space: evaluate_retrieval(val, result.run_dir, k=5, space=space, cache_dir=cache_dir)
         for space in ("target", "qvim")

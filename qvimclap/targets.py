@@ -14,7 +14,6 @@ of the project log's causes of NaN embeddings); the CLAP embedder applies its ow
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,18 +24,9 @@ from qvimclap.data import item_id
 from qvimclap.errors import CheckpointError, StoreError
 from qvimclap.fingerprint import fingerprint_id
 from qvimclap.models.base import AudioEmbedder
+from qvimclap.prepared import CACHE_DIR_NAME, file_identity  # noqa: F401 (CACHE_DIR_NAME: re-export)
 
 logger = logging.getLogger(__name__)
-
-CACHE_DIR_NAME = ".qvimclap-cache"
-
-
-def default_cache_dir(data_root: Path, fallback: Path | None) -> Path | None:
-    """``<data_root>/.qvimclap-cache`` when the data folder is writable, else ``fallback``."""
-    data_root = Path(data_root)
-    if os.access(data_root, os.W_OK):
-        return data_root / CACHE_DIR_NAME
-    return fallback
 
 
 def targets_path(cache_dir: Path, clap_fingerprint: dict) -> Path:
@@ -51,18 +41,22 @@ def clap_targets(
     root: Path,
     cache_dir: Path,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> np.ndarray:
     """CLAP embeddings of ``references`` (``[R, D]`` float32, L2-normalised, in the given order), via the
     cache.
 
     Missing references are embedded and appended to the cache store first; cached rows are reused as they are.
+    A row's id is the reference's item id and its file's identity (size, modification time): a rewritten file
+    is embedded again, never served stale. ``clap`` may be any frozen embedder (CLAP, aisfx, ...); its
+    fingerprint names the store.
     Raises :class:`CheckpointError` if CLAP returns non-finite vectors (they are never written).
     """
     from qvimclap.store import EmbeddingStore
 
     fingerprint = clap.fingerprint()
     path = targets_path(cache_dir, fingerprint)
-    ids = [item_id(p, root) for p in references]
+    ids = [f"{item_id(p, root)}#{file_identity(p)}" for p in references]
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         EmbeddingStore.create(path, fingerprint, clap.embedding_dim).close()
@@ -71,9 +65,11 @@ def clap_targets(
         have = set(store.ids)
     todo = [(i, p) for i, p in zip(ids, references, strict=True) if i not in have]
     if todo:  # only then open for writing: readers (other ranks, evaluation) never take the write lock
-        logger.info("embedding %d references with CLAP into %s", len(todo), path)
+        from tqdm.auto import tqdm
+
+        logger.info("embedding %d references into %s", len(todo), path)
         with EmbeddingStore.open(path, mode="a") as store:
-            for start in range(0, len(todo), 64):
+            for start in tqdm(range(0, len(todo), 64), desc="targets", disable=not progress, leave=False):
                 _embed_chunk(store, todo[start : start + 64], clap, batch_size)
     with EmbeddingStore.open(path, mode="r") as store:
         return np.asarray(store.get(ids), dtype=np.float32)

@@ -21,6 +21,7 @@ from qvimclap.train import align as align_module
 from qvimclap.train.align import (
     AlignConfig,
     TrainingError,
+    collate_pairs,
     epoch_batches,
     mean_pairwise_cosine,
     seeded_crop,
@@ -276,7 +277,7 @@ def _ddp_worker(rank: int, world: int, port: int, config_dict: dict) -> None:
         }
     )
     torch.set_num_threads(1)
-    align_module.load_clap = fake_load_clap
+    align_module.load_target_embedder = lambda config: FakeClap()
     train_alignment(AlignConfig.from_dict(config_dict), progress=False)
     import torch.distributed as dist
 
@@ -407,3 +408,40 @@ def test_align_rejects_a_non_finite_learning_rate_in_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["Error: lr must be a finite number, got nan"]
+
+
+def test_a_non_finite_loss_between_checks_names_its_own_batch(corpus, tmp_path, monkeypatch):
+    """The finite check runs every ``log_every`` steps (no per-step host-device sync) and still names the
+    first offending batch, not the batch of the check."""
+    real_loss = align_module.alignment_loss
+    calls = []
+
+    def poisoned_second(*args, **kwargs):
+        total, terms = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (total * float("nan") if len(calls) == 2 else total), terms
+
+    monkeypatch.setattr(align_module, "alignment_loss", poisoned_second)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 1, step 2; batch files"):
+        train_alignment(tiny_config(corpus, tmp_path / "run", log_every=100), progress=False)
+    assert len(calls) == 3  # found at the end of the epoch (3 steps), not at once
+
+
+def test_the_loader_yields_the_epochs_batches_in_order_with_or_without_workers():
+    from qvimclap.train.data import PairDataset, batch_loader
+
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(500, 3000, 6)]
+    pairs = np.array([[i, (i + 1) % 6] for i in range(6)] * 2)
+    data = PairDataset(clips, clips, pairs, num_samples=1000, seed=4)
+    data.set_epoch(3)
+    batches = epoch_batches(len(data), 4, seed=4, epoch=3)
+    cpu = torch.device("cpu")
+    plain = list(batch_loader(data, batches, device=cpu, num_workers=0))
+    forked = list(batch_loader(data, batches, device=cpu, num_workers=2))
+    assert [b["pair_index"].tolist() for b in plain] == batches
+    for a, b in zip(plain, forked, strict=True):
+        torch.testing.assert_close(a["imitation"], b["imitation"], rtol=0, atol=0)
+        torch.testing.assert_close(a["reference"], b["reference"], rtol=0, atol=0)
+    expected = collate_pairs([data[i] for i in batches[0]])
+    torch.testing.assert_close(plain[0]["imitation"], expected["imitation"], rtol=0, atol=0)

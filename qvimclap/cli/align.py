@@ -209,6 +209,56 @@ def align(
         )
 
 
+@app.command()
+@user_errors
+def prepare(
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset: pairs.csv corpus, VimSketch or QVIM-DEV."),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="Frozen embedder of the targets: clap:scratch, clap:<path>, aisfx, aisfx:<path>.",
+    ),
+    clap: str = typer.Option(None, "--clap", help="Shorthand for --target clap:SOURCE."),
+    clap_preprocessing: str = typer.Option("audioldm", "--clap-preprocessing", help="For a CLAP target."),
+    no_target: bool = typer.Option(False, "--no-target", help="Decode the clips only."),
+    clip_seconds: float = typer.Option(
+        _default("clip_duration_s"),
+        "--clip-seconds",
+        help="The clip length align will use (decoded: max(this, 10 s)).",
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="Cache folder (default <data>/.qvimclap-cache)."
+    ),
+    device: str = typer.Option("auto", "--device", help="Where the targets are computed: auto, cpu, cuda:N."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Decode every clip once into a memory-mapped cache and embed every reference with the frozen target
+    (what align and eval-retrieval would otherwise do on first use); resumable after a kill."""
+    from qvimclap.errors import QvimclapError
+    from qvimclap.models.aligned import SAMPLE_RATE
+    from qvimclap.models.target import load_target
+    from qvimclap.prepared import prepare_dataset
+
+    if target is not None and clap is not None:
+        raise QvimclapError(f"--clap {clap} is the shorthand for --target clap:{clap}; pass one of them")
+    spec = target or f"clap:{clap or _default('clap')}"
+    embedder = None if no_target else load_target(spec, clap_preprocessing=clap_preprocessing)
+    prepared = prepare_dataset(
+        data,
+        target=embedder,
+        cache_dir=cache_dir,
+        sample_rate=SAMPLE_RATE,
+        max_duration_s=max(clip_seconds, 10.0),
+        device=device,
+        progress=progress,
+    )
+    what = "no targets" if embedder is None else f"targets of {spec}"
+    typer.echo(
+        f"{prepared.cache_dir}: {len(prepared.query_files)} imitations and {len(prepared.reference_files)} "
+        f"references decoded, {what}"
+    )
+
+
 @app.command("eval-retrieval")
 @user_errors
 def eval_retrieval(
@@ -248,7 +298,7 @@ def eval_retrieval(
     from qvimclap.errors import QvimclapError
     from qvimclap.evaluation import evaluate_retrieval, plot_rank_histogram
     from qvimclap.files import check_writable
-    from qvimclap.targets import default_cache_dir
+    from qvimclap.prepared import cache_dir_for
 
     # Like every other output: never overwritten without --force, and checked before the work.
     if plot is not None:
@@ -258,7 +308,7 @@ def eval_retrieval(
             )
         check_writable(plot.parent)
     dataset = open_dataset(data)
-    cache = cache_dir if cache_dir is not None else default_cache_dir(dataset.root, None)
+    cache = cache_dir_for(dataset.root, cache_dir)
     report = evaluate_retrieval(
         dataset,
         model,

@@ -62,6 +62,10 @@ class AlignConfig:
     target: str | None = None
     patience: int | None = None
     max_minutes: float | None = None
+    #: DataLoader worker processes (None: 4 when training on a GPU, 0 on the CPU).
+    num_workers: int | None = None
+    #: bf16 autocast for the QVIM towers when training on a GPU (ignored on the CPU); targets stay float32.
+    bf16: bool = True
     #: The preset these settings were resolved from (:mod:`qvimclap.train.presets`), for the record.
     preset: str | None = None
 

@@ -92,6 +92,27 @@ def epoch_batches(num_items: int, batch_size: int, *, seed: int, epoch: int, ran
     return [batch[rank].tolist() for batch in order]
 
 
+def batch_loader(
+    dataset: PairDataset, batches: list[list[int]], *, device: torch.device, num_workers: int | None = None
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding :func:`collate_pairs` batches in exactly the order of ``batches``.
+
+    ``num_workers`` None: 4 worker processes when training on a GPU, none on the CPU (where they would take
+    cores from the model). Workers fork after :meth:`PairDataset.set_epoch`, so their crops are the epoch's;
+    the clips are memory-mapped, so workers share them instead of copying. Memory is pinned for a GPU so the
+    copies to it can be non-blocking.
+    """
+    if num_workers is None:
+        num_workers = 4 if device.type == "cuda" else 0
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate_pairs,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
 def batch_files(dataset: PairDataset, pair_index: torch.Tensor, paths: dict[str, list[Path]]) -> str:
     """The ``imitation -> reference`` files of a batch, for an error message (at most 8 named)."""
     rows = dataset.pairs[pair_index.numpy()]
@@ -106,9 +127,12 @@ def _index_pairs(dataset, query_index: dict[Path, int], reference_index: dict[Pa
     ).reshape(-1, 2)
 
 
-def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world: int) -> dict[str, Any]:
+def prepare_data(
+    config: AlignConfig, target: AudioEmbedder, *, rank: int, world: int, progress: bool = False
+) -> dict[str, Any]:
     """The split (recorded in the run folder as ``split.json``), the ``target`` embeddings of every reference
-    (rank 0 fills the cache, then the others read it) and the decoded clips.
+    (rank 0 fills the cache, then the others read it) and the decoded clips, memory-mapped from the prepared
+    dataset (:mod:`qvimclap.prepared`).
 
     Returns ``fingerprint`` (the target's), ``targets`` (``[R, D]`` float32 tensor), ``train``
     (a :class:`PairDataset`), ``val`` (clips, targets, true reference per query, chance MRR) and ``paths``.
@@ -116,7 +140,7 @@ def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world
     from qvimclap.data import open_dataset
     from qvimclap.data.split import SplitRecord, split_by_reference
     from qvimclap.evaluation import chance_mrr
-    from qvimclap.targets import clap_targets, default_cache_dir
+    from qvimclap.prepared import prepare_dataset
 
     dataset = open_dataset(config.data)
     if not dataset.pairs:
@@ -125,19 +149,24 @@ def prepare_data(config: AlignConfig, target: AudioEmbedder, *, rank: int, world
     out = Path(config.out)
     if rank == 0:  # the model folder records its split: eval-retrieval --split val reads it back
         SplitRecord.of(dataset, val_fraction=config.val_fraction, seed=config.seed).save(out)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(dataset.root, out / "cache")
-    references = list(dataset.references)
-    if rank == 0:
-        targets = clap_targets(references, target, root=dataset.root, cache_dir=cache_dir)
+    settings = dict(
+        target=target,
+        cache_dir=config.cache_dir,
+        sample_rate=SAMPLE_RATE,
+        max_duration_s=max(config.clip_duration_s, 10.0),
+        device=config.device,
+        progress=progress,
+    )
+    if rank == 0:  # rank 0 decodes and embeds what is missing; then every rank maps the same cache
+        prepared = prepare_dataset(dataset, **settings)
     barrier(world)
     if rank != 0:
-        targets = clap_targets(references, target, root=dataset.root, cache_dir=cache_dir)
+        prepared = prepare_dataset(dataset, **{**settings, "progress": False})
+    targets = prepared.targets
+    references, queries = list(dataset.references), list(dataset.queries)
     reference_index = {p: i for i, p in enumerate(references)}
-    queries = list(dataset.queries)
     query_index = {p: i for i, p in enumerate(queries)}
-    max_s = max(config.clip_duration_s, 10.0)
-    query_clips = load_waveforms(queries, SAMPLE_RATE, max_s)
-    reference_clips = load_waveforms(references, SAMPLE_RATE, max_s)
+    query_clips, reference_clips = prepared.query_clips(), prepared.reference_clips()
     val_pairs = _index_pairs(val_set, query_index, reference_index)
     val_refs = sorted(set(val_pairs[:, 1].tolist()))
     local = {r: i for i, r in enumerate(val_refs)}

@@ -48,7 +48,7 @@ def prepare_run_dir(out: Path, config: AlignConfig, *, resume: bool, force: bool
         saved = AlignConfig.from_dict(json.loads(config_path.read_text()))
         given, before = config.to_dict(), saved.to_dict()
         given["data"], before["data"] = str(Path(config.data).resolve()), str(Path(saved.data).resolve())
-        diff = [k for k in given if k not in ("out", "device") and given[k] != before[k]]
+        diff = [k for k in given if k not in ("out", "device", "num_workers") and given[k] != before[k]]
         if diff:
             raise StoreError(
                 f"{out}: --resume with different settings ({', '.join(diff)}); "
