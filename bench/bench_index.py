@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_index.py                          # 100,000 uniform vectors
     .venv/bin/python bench/bench_index.py --large --data clustered # 1,000,000 vectors (~2 GB store)
     .venv/bin/python bench/bench_index.py --investigate            # why FAISS's flat search lost to numpy
+    .venv/bin/python bench/bench_index.py --hnsw-build 4000        # why HNSW builds slowly
 
 Queries are stored vectors plus noise (cosine ~0.7 to their source), like an imitation near its reference.
 Every speed is also given as a ratio to the exact flat index measured in the same run, because the machine is
@@ -133,6 +134,37 @@ def investigate(n: int) -> None:
         )
 
 
+def hnsw_build(n: int) -> None:
+    """Why HNSW builds slowly: build time, recall, graph-search work by data, efConstruction, threads."""
+    import faiss
+
+    print(
+        "| data | M | efConstruction | OpenMP threads | build s | vectors/s | recall@10 | distances/query |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for data in ("uniform", "clustered"):
+        x, q = make_data(data, n, 512, 200)
+        center = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        xc, qc = centered(x, center), centered(q, center)
+        exact = numpy_search(xc, qc, 10)
+        for m, ef_construction, threads in [(32, 128, 2), (32, 128, 1), (32, 40, 2)]:
+            faiss.omp_set_num_threads(threads)
+            index = faiss.IndexHNSWFlat(512, m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            start = time.perf_counter()
+            index.add(xc)
+            seconds = time.perf_counter() - start
+            index.hnsw.efSearch = 128
+            faiss.cvar.hnsw_stats.reset()
+            found = index.search(qc, 10)[1]
+            work = faiss.cvar.hnsw_stats.ndis / len(qc)
+            print(
+                f"| {data} | {m} | {ef_construction} | {threads} | {seconds:.1f} | {n / seconds:,.0f} | "
+                f"{recall_at_10(found, exact):.3f} | {work:,.0f} |"
+            )
+    faiss.omp_set_num_threads(2)
+
+
 def _flat(x: np.ndarray, q: np.ndarray) -> np.ndarray:
     from qvimclap.index import flat_search
 
@@ -149,11 +181,15 @@ def main() -> None:
     parser.add_argument("--kinds", default="hnsw,ivf,ivfpq", help="approximate kinds (HNSW builds take long)")
     parser.add_argument("--opq", action="store_true", help="also build IVF-PQ with an OPQ rotation")
     parser.add_argument("--investigate", action="store_true", help="diagnose flat search and exit")
+    parser.add_argument("--hnsw-build", type=int, metavar="N", help="diagnose HNSW build time on N vectors")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     n, dim, k = (1_000_000 if args.large else args.num_vectors), 512, 10
     if args.investigate:
         investigate(n)
+        return
+    if args.hnsw_build:
+        hnsw_build(args.hnsw_build)
         return
     kinds = args.kinds.split(",")
 
