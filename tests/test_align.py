@@ -443,5 +443,8 @@ def test_the_loader_yields_the_epochs_batches_in_order_with_or_without_workers()
     for a, b in zip(plain, forked, strict=True):
         torch.testing.assert_close(a["imitation"], b["imitation"], rtol=0, atol=0)
         torch.testing.assert_close(a["reference"], b["reference"], rtol=0, atol=0)
+    state = torch.get_rng_state()
+    list(batch_loader(data, batches, device=cpu, num_workers=0))
+    assert torch.equal(torch.get_rng_state(), state)  # the augmentations' random stream is not touched
     expected = collate_pairs([data[i] for i in batches[0]])
     torch.testing.assert_close(plain[0]["imitation"], expected["imitation"], rtol=0, atol=0)

@@ -110,6 +110,9 @@ def batch_loader(
         collate_fn=collate_pairs,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
+        # its own generator: a DataLoader otherwise draws its worker seed from torch's global RNG, which the
+        # mel augmentations use, and the run would no longer be the loop-by-hand run it replaces
+        generator=torch.Generator().manual_seed(dataset.seed),
     )
 
 
