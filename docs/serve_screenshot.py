@@ -127,7 +127,7 @@ def main() -> None:
                 driver.find_element(By.ID, "error").text,
             )
         height = driver.execute_script("return document.documentElement.scrollHeight;")
-        driver.set_window_size(args.width, height + 20)
+        driver.set_window_size(args.width, height + 160)  # + the window frame of new headless
         driver.execute_script("window.scrollTo(0, 0);")
         time.sleep(0.5)
         args.out.parent.mkdir(parents=True, exist_ok=True)

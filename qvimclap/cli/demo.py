@@ -99,4 +99,8 @@ def format_demo(result: DemoResult) -> str:
         f"next:   qvimclap search IMITATION.wav --index {printable(result.index_path)} "
         f"--encoder {printable(result.model_dir)}"
     )
+    lines.append(
+        f"        qvimclap serve --index {result.index_path} --model {result.model_dir}"
+        "   (then open http://127.0.0.1:8000/ and hum)"
+    )
     return "\n".join(lines)
