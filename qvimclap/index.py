@@ -29,12 +29,13 @@ float32 vectors, memory-mapped). ``auto`` picks one from the number of vectors a
 (:func:`plan_index`). Parameters are chosen from the number of vectors by :func:`default_params` and can be
 overridden.
 
-Exact (flat) search is a BLAS matrix product in numpy rather than FAISS's ``IndexFlatIP``: FAISS 1.15 sends
-fewer than ``distance_compute_blas_threshold / d`` queries (250 at d=512) down a path that streams the whole
-library once per query on one thread per query, which measured 0.5x numpy for single queries and 0.3x for
-batches of 200 on this machine (``bench/bench_index.py --investigate``). Flat and IVF indexes search on a GPU
-when faiss was built with GPU support and a GPU is present (same results up to float32 round-off); HNSW and
-IVF-PQ always run on CPU.
+Exact (flat) search is a BLAS matrix product in numpy rather than FAISS's ``IndexFlatIP``, which measured
+0.3x numpy here (``bench/bench_index.py --investigate``): FAISS 1.15 sends batches of fewer than
+``distance_compute_blas_threshold / d`` queries (250 at d=512) down a path that scans the whole library once
+per query, and its single-query search ran 3x slower on its 2 OpenMP threads than on 1 on 2 shared cores.
+
+Flat and IVF indexes search on a GPU when faiss was built with GPU support and a GPU is present (same results
+up to float32 round-off); HNSW and IVF-PQ always run on CPU.
 """
 
 from __future__ import annotations
