@@ -33,7 +33,7 @@ def _loss_default(name: str) -> Any:
 def _given(help_text: str, name: str, loss: bool = False) -> str:
     """Help text that states the default (options default to None so a preset can fill what is not given)."""
     value = _loss_default(name) if loss else _default(name)
-    return f"{help_text} [default without --preset: {value}]".strip()
+    return f"{help_text} (default without --preset: {value})".strip()
 
 
 @app.command()
