@@ -242,6 +242,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/qvimclap-bench-align"))
     parser.add_argument("--minutes", type=float, help="peer training time (default: as long as ours took)")
     parser.add_argument("--set", action="append", default=[], help="override an AlignConfig field: name=json")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=json: also train ours with these overrides (on top of --set) and report it, for a sweep",
+    )
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--corpus", type=Path, help="use this pairs corpus instead of making one")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -278,6 +284,21 @@ def main() -> None:
         space: ev.evaluate_retrieval(val_set, result.run_dir, k=5, space=space, cache_dir=cache_dir)
         for space in ("target", "qvim")
     }
+    variants = {}
+    for item in args.variant:  # the same budget and split, other settings: rows of the recipe sweep
+        name, value = item.split("=", 1)
+        settings = {
+            **config.to_dict(),
+            **json.loads(value),
+            "out": str(args.work / f"run-{args.family}-{name}"),
+        }
+        start = time.monotonic()
+        run = train_alignment(AlignConfig.from_dict(settings), force=True, progress=False)
+        minutes = (time.monotonic() - start) / 60
+        for space in ("qvim", "target"):
+            report = ev.evaluate_retrieval(val_set, run.run_dir, k=5, space=space, cache_dir=cache_dir)
+            label = f"variant {name} {value}, {space} space ({minutes:.1f} min, best epoch {run.best_epoch})"
+            variants[label] = report.metrics
 
     # 4. the held-out table shared by every other row
     queries = [p.query_path for p in val_set.pairs]
@@ -291,6 +312,7 @@ def main() -> None:
     rows = {
         "ours, QVIM space": ours["qvim"].metrics,
         "ours, target space": ours["target"].metrics,
+        **variants,
     }
     peer_s, peer_steps, target_peer_steps = 0.0, 0, 0
     if not args.skip_peer:

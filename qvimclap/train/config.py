@@ -43,8 +43,8 @@ class AlignConfig:
     shared_towers: bool = True
     head: str = "linear"
     loss: dict[str, Any] = field(default_factory=lambda: LossConfig().to_dict())
-    clip_duration_s: float = 3.0
-    epochs: int = 10
+    clip_duration_s: float = 4.0
+    epochs: int = 100
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -60,7 +60,7 @@ class AlignConfig:
     cache_dir: str | None = None
     device: str = "auto"
     target: str | None = None
-    patience: int | None = None
+    patience: int | None = 10
     max_minutes: float | None = None
     #: DataLoader worker processes (None: 4 when training on a GPU, 0 on the CPU).
     num_workers: int | None = None
