@@ -53,14 +53,11 @@ from torch import Tensor, nn
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError, MissingDependencyError
-from qvimclap.files import atomic_path
-from qvimclap.models.base import l2_normalize
+from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, write_model_folder
 from qvimclap.models.mel import kaldi_mel_banks
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "aisfx_encoder"
 MODEL_NAME = "aisfx-cnn9"
 #: Where the weights live inside the installed ``aisfx`` package, and how to get them.
@@ -363,24 +360,15 @@ class AisfxEncoder(nn.Module):
 
     def save_pretrained(self, save_dir: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``save_dir``; each file replaced atomically."""
-        from safetensors.torch import save_file
-
         from qvimclap import __version__
 
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "model_type": MODEL_TYPE,
             "qvimclap_version": __version__,
             "source": self.source,
             **self.config.to_dict(),
         }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.cnn.state_dict().items()}
-        with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with atomic_path(save_dir / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return save_dir
+        return write_model_folder(save_dir, config, self.cnn.state_dict())
 
     @classmethod
     def from_pretrained(

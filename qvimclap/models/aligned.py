@@ -34,14 +34,11 @@ from qvimclap.audio import pad_or_crop
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError
-from qvimclap.files import atomic_path
 from qvimclap.fingerprint import state_dict_sha256
-from qvimclap.models.base import l2_normalize, read_safetensors
+from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, read_safetensors, write_model_folder
 from qvimclap.models.heads import HeadConfig, ProjectionHead
 from qvimclap.models.windows import LONG_INPUT_POLICIES, pool_windows, split_windows
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "qvimclap-aligned"
 TOWERS = ("imitation", "reference")
 SAMPLE_RATE = 32000
@@ -306,16 +303,9 @@ class AlignedModel(nn.Module):
 
     def save_pretrained(self, save_dir: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``save_dir`` (each written atomically)."""
-        from safetensors.torch import save_file
-
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(self).items()}
-        with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        with atomic_path(save_dir / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        return save_dir
+        return write_model_folder(
+            save_dir, self.config.to_dict(), _unique_state_dict(self), metadata={"model_type": MODEL_TYPE}
+        )
 
     @classmethod
     def from_pretrained(cls, source: str | Path) -> AlignedModel:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from qvimclap.errors import CheckpointError, first_line
+from qvimclap.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+#: The two files of every model folder (diffusers/transformers layout).
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 
 
 @runtime_checkable
@@ -45,3 +54,24 @@ def read_safetensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({first_line(err)}); the model folder is damaged"
         ) from None
+
+
+def write_model_folder(
+    save_dir: str | Path,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``save_dir``, each file replaced atomically; the one
+    writer behind every ``save_pretrained`` here. Returns ``save_dir``."""
+    from safetensors.torch import save_file
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    with atomic_path(save_dir / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    return save_dir

@@ -41,15 +41,18 @@ from torch import Tensor, nn
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError
-from qvimclap.files import atomic_path
-from qvimclap.models.base import l2_normalize, read_safetensors
+from qvimclap.models.base import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    l2_normalize,
+    read_safetensors,
+    write_model_folder,
+)
 from qvimclap.models.mel import MelConfig, MelFrontEnd
 from qvimclap.models.mn import MN_WIDTHS, MNConfig, MobileNetV3, width_from_embedding_dim
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "qvim_encoder"
 TOWERS = ("imitation", "reference")
 #: Seed of the ``scratch:mnXX`` initialisation (the same random weights on every machine).
@@ -238,12 +241,8 @@ class QvimEncoder(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` into ``save_dir``; each file is replaced atomically.
 
         Returns ``save_dir``; :meth:`from_pretrained` on it rebuilds an identical encoder."""
-        from safetensors.torch import save_file
-
         from qvimclap import __version__
 
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "model_type": MODEL_TYPE,
             "qvimclap_version": __version__,
@@ -251,12 +250,7 @@ class QvimEncoder(nn.Module):
             "space": self.space,
             **self.config.to_dict(),
         }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.mn.state_dict().items()}
-        with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with atomic_path(save_dir / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return save_dir
+        return write_model_folder(save_dir, config, self.mn.state_dict())
 
     @classmethod
     def from_pretrained(
