@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError, MissingDependencyError
-from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, write_model_folder
+from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, load_strict, write_model_folder
 from qvimclap.models.mel import kaldi_mel_banks
 
 logger = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ class AisfxEncoder(nn.Module):
         overrides = {"pooling": pooling, "partial_block": partial_block}
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         encoder = cls(config, source=source_name)
-        load_strict(encoder.cnn, state, path)
+        load_strict(encoder.cnn, state, path, mismatch="not the aiSFX network")
         return encoder.eval()
 
 
@@ -510,23 +510,3 @@ def _load_failure(err: Exception) -> str:
     return (
         f"not a readable PyTorch checkpoint, truncated or corrupt ({first[:160]}); reinstall: {INSTALL_HINT}"
     )
-
-
-def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], path: Path | str) -> None:
-    """``load_state_dict(strict=True)`` after naming every missing, unexpected or wrongly shaped tensor."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if items
-        ]
-        raise CheckpointError(f"{path}: not the aiSFX network ({'; '.join(parts)})")
-    module.load_state_dict(dict(state_dict), strict=True)

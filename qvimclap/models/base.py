@@ -75,3 +75,30 @@ def write_model_folder(
     with atomic_path(save_dir / CONFIG_NAME) as tmp:
         tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
     return save_dir
+
+
+def load_strict(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    path: Path | str,
+    *,
+    mismatch: str = "does not fit the architecture",
+) -> None:
+    """``load_state_dict(strict=True)`` after naming every missing, unexpected or wrongly shaped tensor in one
+    CheckpointError (``"{path}: {mismatch} (...)"``)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
+        raise CheckpointError(f"{path}: {mismatch} ({'; '.join(parts)})")
+    module.load_state_dict(dict(state_dict), strict=True)

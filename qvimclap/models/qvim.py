@@ -45,6 +45,7 @@ from qvimclap.models.base import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     l2_normalize,
+    load_strict,
     read_safetensors,
     write_model_folder,
 )
@@ -322,7 +323,7 @@ class QvimEncoder(nn.Module):
         data.pop("source", None)  # where the weights first came from; this folder is the source now
         space = data.pop("space", None)
         encoder = cls(QvimConfig.from_dict(data), source=str(folder), space=space)
-        _load_strict(encoder.mn, read_safetensors(weights_path), weights_path)
+        load_strict(encoder.mn, read_safetensors(weights_path), weights_path)
         return encoder
 
     @classmethod
@@ -336,7 +337,7 @@ class QvimEncoder(nn.Module):
             source=f"{path}#{tower}" if two_towers else str(path),
             space=_checkpoint_space(state_dict) if two_towers else None,
         )
-        _load_strict(encoder.mn, mn_state, path)
+        load_strict(encoder.mn, mn_state, path)
         logger.info("loaded %s (%s layout, %s tower) from %s", mn_config.name, layout, tower, path)
         return encoder
 
@@ -452,26 +453,6 @@ def infer_mn_config(mn_state: Mapping[str, Tensor], *, path: Path | str = "check
             f"({', '.join(f'{n}: {MNConfig.from_name(n).embedding_dim}' for n in MN_WIDTHS)})"
         )
     return MNConfig.from_name(name, num_classes=int(head.shape[0]))
-
-
-def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], path: Path | str) -> None:
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                parts.append(
-                    f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-                )
-        raise CheckpointError(f"{path}: does not fit the architecture ({'; '.join(parts)})")
-    module.load_state_dict(dict(state_dict), strict=True)
 
 
 def _missing_source_message(source: str) -> str:
