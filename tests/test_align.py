@@ -28,6 +28,7 @@ from qvimclap.train.align import (
     train_alignment,
     warmup_cosine,
 )
+from qvimclap.train.optim import budget_epochs, fit_schedule_to_budget
 from qvimclap.train.run_dir import load_checkpoint
 
 
@@ -360,6 +361,22 @@ def test_patience_and_the_time_budget_stop_training_early(corpus, tmp_path):
     quick = train_alignment(tiny_config(corpus, tmp_path / "t", epochs=30, max_minutes=1e-6), progress=False)
     assert [r["epoch"] for r in quick.history if r["event"] == "val"] == [1]
     assert "time budget" in json.loads((quick.run_dir / "summary.json").read_text())["stopped"]
+    # the cosine was fitted to the budget: it ends after epoch 1, where the run stopped, not at epoch 30
+    schedule = [r for r in read_metrics(quick.run_dir) if r["event"] == "schedule"]
+    assert schedule == [{"event": "schedule", "epoch": 1, "cosine_ends_at_epoch": 1}]
+
+
+def test_a_time_budget_fits_the_cosine_to_where_the_run_will_stop():
+    # 10 min budget, first epoch took 2 min and ended at 2.5 min: epochs 2-5 start before 10 min, 5 is last
+    assert budget_epochs(100, 1, remaining_s=450, epoch_s=120) == 5
+    assert budget_epochs(3, 1, remaining_s=450, epoch_s=120) == 3  # never past config.epochs
+    assert budget_epochs(100, 4, remaining_s=-5, epoch_s=120) == 4  # spent: this epoch is the last
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(1000, 10, 0.05))
+    fit_schedule_to_budget(scheduler, 5, steps_per_epoch=20)
+    schedule = scheduler.lr_lambdas[0]
+    assert schedule(100) == pytest.approx(0.05) and schedule(55) == pytest.approx(0.525)
+    assert scheduler.state_dict()["lr_lambdas"][0]["total_steps"] == 100  # checkpoints keep the horizon
 
 
 def test_the_target_is_any_frozen_embedder_and_is_recorded(corpus, tmp_path, monkeypatch):

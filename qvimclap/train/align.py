@@ -14,7 +14,8 @@
    target space (imitation tower vs the references' targets; CLAP space by default) and in QVIM space
    (imitation tower vs reference tower), a collapse check, an epoch checkpoint, and the best model so far
    (highest validation MRR, the mean of both spaces) written to the run folder as an aligned model folder;
-   then an early stop when ``patience`` epochs brought no better model or ``max_minutes`` ran out;
+   then an early stop when ``patience`` epochs brought no better model or ``max_minutes`` ran out (with a
+   budget, the cosine is fitted after the first epoch to end where the budget will stop the run);
 6. a PNG of the curves and ``summary.json``.
 
 The run folder ``out`` holds: ``config.json`` + ``model.safetensors`` (the best model; load it with
@@ -56,10 +57,16 @@ from qvimclap.train.data import (
     prepare_data,
     seeded_crop,
 )
-from qvimclap.train.distributed import barrier, init_distributed
+from qvimclap.train.distributed import barrier, broadcast_int, init_distributed
 from qvimclap.train.losses import alignment_loss, needs_reference
 from qvimclap.train.model import build_model, load_clap, load_target_embedder
-from qvimclap.train.optim import build_optimizer, group_grad_norms, warmup_cosine
+from qvimclap.train.optim import (
+    budget_epochs,
+    build_optimizer,
+    fit_schedule_to_budget,
+    group_grad_norms,
+    warmup_cosine,
+)
 from qvimclap.train.run_dir import (
     CHECKPOINT_DIR,
     CURVES_NAME,
@@ -186,11 +193,23 @@ def _train(
     collapsed, stopped = False, None
     # 4-5. epochs, each followed by validation, a checkpoint and the best model so far; early stop by
     # validation (patience) or by the time budget
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+    first = state["epoch"] + 1
+    for epoch in range(first, config.epochs + 1):
+        epoch_start = time.monotonic()
         state["step"] = run.train_epoch(epoch, state, progress=progress)
         if rank == 0:
             collapsed = run.end_epoch(epoch, state)
         barrier(world)
+        if epoch == first and config.max_minutes is not None:
+            now = time.monotonic()
+            last = budget_epochs(
+                config.epochs, epoch, 60 * config.max_minutes - (now - start_time), now - epoch_start
+            )
+            last = broadcast_int(last, world)
+            fit_schedule_to_budget(scheduler, last, steps_per_epoch)
+            if rank == 0:
+                logger.info("the time budget allows about %d epochs: the cosine now ends there", last)
+                append_metrics(out, {"event": "schedule", "epoch": epoch, "cosine_ends_at_epoch": last})
         stopped = _stop_reason(config, epoch, state, time.monotonic() - start_time, rank=rank, world=world)
         if stopped is not None:
             logger.info("stopping after epoch %d: %s", epoch, stopped)

@@ -25,3 +25,14 @@ def barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def broadcast_int(value: int, world: int) -> int:
+    """Rank 0's ``value`` on every process (decisions made from rank 0's clock must agree across ranks)."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])

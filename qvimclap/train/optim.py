@@ -10,16 +10,41 @@ from torch import nn
 from qvimclap.train.config import AlignConfig
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
+class WarmupCosine:
+    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio`` at
+    ``total_steps``.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    A callable object rather than a closure, so that the scheduler's state_dict (and every checkpoint) keeps
+    ``total_steps``, which :func:`fit_schedule_to_budget` may shorten after the first epoch.
+    """
 
-    return factor
+    def __init__(self, total_steps: int, warmup_steps: int, min_ratio: float) -> None:
+        self.total_steps, self.warmup_steps, self.min_ratio = total_steps, warmup_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+warmup_cosine = WarmupCosine
+
+
+def budget_epochs(epochs: int, epoch: int, remaining_s: float, epoch_s: float) -> int:
+    """The epoch after which a time-budgeted run will stop: it stops after the epoch in which the budget runs
+    out, so after ``epoch`` (which lasted ``epoch_s``, with ``remaining_s`` of the budget left) every epoch
+    that starts before the budget is spent still runs; never more than ``epochs``."""
+    more = math.ceil(max(0.0, remaining_s) / max(epoch_s, 1e-9))
+    return max(epoch, min(epochs, epoch + more))
+
+
+def fit_schedule_to_budget(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int) -> None:
+    """Make the cosine end where a time-budgeted run will stop (``epochs`` epochs) instead of at
+    ``config.epochs``: a run cut by its budget then still anneals its learning rate."""
+    schedule = scheduler.lr_lambdas[0]
+    assert isinstance(schedule, WarmupCosine)
+    schedule.total_steps = max(schedule.warmup_steps + 1, epochs * steps_per_epoch)
 
 
 def build_optimizer(
@@ -30,7 +55,7 @@ def build_optimizer(
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(round(config.warmup_epochs * steps_per_epoch)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup, config.min_lr_ratio)
+        optimizer, WarmupCosine(total_steps, warmup, config.min_lr_ratio)
     )
     return optimizer, scheduler
 
