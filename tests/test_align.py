@@ -265,7 +265,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, config_dict: dict) -> None:
+class _Killed(Exception):
+    pass
+
+
+def _ddp_worker(
+    rank: int, world: int, port: int, config_dict: dict, resume: bool = False, kill_after: int = 0
+) -> None:
     import os
 
     os.environ.update(
@@ -279,9 +285,21 @@ def _ddp_worker(rank: int, world: int, port: int, config_dict: dict) -> None:
     )
     torch.set_num_threads(1)
     align_module.load_target_embedder = lambda config: FakeClap()
-    train_alignment(AlignConfig.from_dict(config_dict), progress=False)
+    if kill_after:  # every rank dies once epoch ``kill_after`` is checkpointed
+        real_stop = align_module._stop_reason
+
+        def stop_or_die(config, epoch, *args, **kwargs):
+            if epoch == kill_after:
+                raise _Killed
+            return real_stop(config, epoch, *args, **kwargs)
+
+        align_module._stop_reason = stop_or_die
     import torch.distributed as dist
 
+    try:
+        train_alignment(AlignConfig.from_dict(config_dict), resume=resume, progress=False)
+    except _Killed:
+        pass
     dist.destroy_process_group()
 
 
@@ -295,6 +313,23 @@ def test_two_process_gloo_ddp_run(corpus, tmp_path):
     rows = read_metrics(tmp_path / "ddp")
     assert [r["epoch"] for r in rows if r["event"] == "val"] == [1]
     assert AlignedModel.from_pretrained(tmp_path / "ddp").embedding_dim == 512
+
+
+def test_a_killed_two_process_ddp_run_resumes_like_the_uninterrupted_one(corpus, tmp_path):
+    """Every rank resumes its own random streams (the mel augmentations of rank 1 differ from rank 0's)."""
+    import torch.multiprocessing as mp
+
+    full = tiny_config(corpus, tmp_path / "full", epochs=2, batch_size=4).to_dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), full), nprocs=2, join=True)
+    killed = tiny_config(corpus, tmp_path / "killed", epochs=2, batch_size=4).to_dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), killed, False, 1), nprocs=2, join=True)
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["epoch-001.safetensors"]
+    mp.spawn(_ddp_worker, args=(2, _free_port(), killed, True), nprocs=2, join=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "epoch-002.safetensors")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "epoch-002.safetensors")
+    assert len(b["rng_other_ranks"]) == 1
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-5, rtol=1e-4)
 
 
 def test_precise_batch_norm_makes_eval_mode_match_train_mode():

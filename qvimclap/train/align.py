@@ -57,7 +57,7 @@ from qvimclap.train.data import (
     prepare_data,
     seeded_crop,
 )
-from qvimclap.train.distributed import barrier, broadcast_int, init_distributed
+from qvimclap.train.distributed import barrier, broadcast_int, gather_to_all, init_distributed
 from qvimclap.train.losses import alignment_loss, needs_reference
 from qvimclap.train.model import build_model, load_clap, load_target_embedder
 from qvimclap.train.optim import (
@@ -179,7 +179,7 @@ def _train(
     torch.manual_seed(config.seed + rank)
     state: dict[str, Any] = {"history": [], "best": {"epoch": 0, "val_mrr": -1.0}, "epoch": 0, "step": 0}
     if resume:
-        state = _resume(out, model, optimizer, scheduler, state)
+        state = _resume(out, model, optimizer, scheduler, state, rank=rank, world=world)
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -197,8 +197,10 @@ def _train(
     for epoch in range(first, config.epochs + 1):
         epoch_start = time.monotonic()
         state["step"] = run.train_epoch(epoch, state, progress=progress)
+        # each rank's random streams go into the checkpoint, so that every rank resumes its own
+        other_rngs = gather_to_all(rng_state() if rank else None, world)[1:]
         if rank == 0:
-            collapsed = run.end_epoch(epoch, state)
+            collapsed = run.end_epoch(epoch, state, other_rngs)
         barrier(world)
         if epoch == first and config.max_minutes is not None:
             now = time.monotonic()
@@ -253,7 +255,9 @@ def _stop_reason(
     return reason
 
 
-def _resume(out: Path, model, optimizer, scheduler, state: dict[str, Any]) -> dict[str, Any]:
+def _resume(
+    out: Path, model, optimizer, scheduler, state: dict[str, Any], *, rank: int = 0, world: int = 1
+) -> dict[str, Any]:
     """Load the newest checkpoint (if any) into the model, optimiser, schedule and RNGs; the run's state."""
     saved = load_latest_checkpoint(out)
     if saved is None:
@@ -261,7 +265,16 @@ def _resume(out: Path, model, optimizer, scheduler, state: dict[str, Any]) -> di
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
+    rngs = [saved["rng"], *saved.get("rng_other_ranks", [])]
+    if len(rngs) != world:
+        logger.warning(
+            "%s was saved by %d process(es) and resumes on %d: random streams restart from rank 0's, so the run "
+            "will not repeat an uninterrupted one exactly",
+            out,
+            len(rngs),
+            world,
+        )
+    set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
     logger.info("resuming %s after epoch %d (step %d)", out, saved["epoch"], saved["step"])
     return {
         "history": saved["history"],
@@ -385,8 +398,9 @@ class _Run:
             )
         pending.clear()
 
-    def end_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
-        """Step 5 on rank 0: precise BN, validation, collapse check, best model, checkpoint; collapsed?"""
+    def end_epoch(self, epoch: int, state: dict[str, Any], other_rngs: list[dict[str, Any]]) -> bool:
+        """Step 5 on rank 0: precise BN, validation, collapse check, best model, checkpoint (with the random
+        states of ranks 1.. in ``other_rngs``); collapsed?"""
         config, model, val = self.config, self.model, self.data["val"]
         recalibrate_batch_norm(
             model, self.data["train"], num_batches=config.bn_batches, batch_size=config.batch_size
@@ -430,6 +444,7 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
+                "rng_other_ranks": other_rngs,
                 "epoch": epoch,
                 "step": state["step"],
                 "history": state["history"],

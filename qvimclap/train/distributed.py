@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 
 import torch
@@ -36,3 +38,14 @@ def broadcast_int(value: int, world: int) -> int:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return int(box[0])
+
+
+def gather_to_all(value: Any, world: int) -> list[Any]:
+    """Every process's ``value``, in rank order (picklable objects; the checkpoint keeps each rank's RNG)."""
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
