@@ -299,25 +299,13 @@ class VectorIndex:
         if mean is not None:  # in place when x is our own copy: 1M x 512 floats is 2 GB
             x = centered(x, mean, inplace=own_copy and kind != "ivfpq")
         chosen = {**default_params(kind, x.shape[0], x.shape[1]), **(params or {})}
-        if kind == "flat":
-            return cls(
-                None,
-                ids,
-                fingerprint=fingerprint,
-                kind=kind,
-                params=chosen,
-                paths=paths,
-                labels=labels,
-                embedder_spec=embedder_spec,
-                center=mean,
-                device=device,
-                vectors=x,
-            )
-        index = _new_faiss_index(kind, x.shape[1], chosen)
-        if kind in ("ivf", "ivfpq"):
-            index.train(_training_sample(x, chosen))
-        index.add(x)
-        _apply_search_params(index, kind, chosen)
+        index = None  # a flat index searches its vectors with numpy (flat_search); other kinds are faiss's
+        if kind != "flat":
+            index = _new_faiss_index(kind, x.shape[1], chosen)
+            if kind in ("ivf", "ivfpq"):
+                index.train(_training_sample(x, chosen))
+            index.add(x)
+            _apply_search_params(index, kind, chosen)
         return cls(
             index,
             ids,
@@ -329,6 +317,7 @@ class VectorIndex:
             embedder_spec=embedder_spec,
             center=mean,
             device=device,
+            vectors=x if kind == "flat" else None,
             rerank=rerank,
         )
 
