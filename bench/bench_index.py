@@ -198,13 +198,13 @@ def main() -> None:
         x, q = make_data(args.data, n, dim, args.queries)
         store_s, store_mb = write_store(x, folder / "bench.h5")
         del x  # from here on every reader maps the store or an index file, as qvimclap does
-        print(
-            f"\n{n:,} {args.data} unit vectors, d={dim}, {len(q)} queries ({args.single} timed singly), k={k}\n"
-        )
+        print(f"\n{n:,} {args.data} unit vectors, d={dim}, {len(q)} queries ({args.single} timed singly)")
+        print(f"k={k}\n")
         print(f"store: write {store_s:.1f} s ({n / store_s:,.0f} rows/s), {store_mb:.0f} MB on disk\n")
-        print(
-            "| index | params | memory MB | build s | single q/s | × exact | batched q/s | × exact | recall@10 |"
+        columns = (
+            "index | params | memory MB | build s | single q/s | × exact | batched q/s | × exact | recall@10"
         )
+        print(f"| {columns} |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
         single = q[: args.single]
         rows = []

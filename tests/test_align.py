@@ -323,7 +323,9 @@ def test_a_killed_two_process_ddp_run_resumes_like_the_uninterrupted_one(corpus,
     mp.spawn(_ddp_worker, args=(2, _free_port(), full), nprocs=2, join=True)
     killed = tiny_config(corpus, tmp_path / "killed", epochs=2, batch_size=4).to_dict()
     mp.spawn(_ddp_worker, args=(2, _free_port(), killed, False, 1), nprocs=2, join=True)
-    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["epoch-001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == [
+        "epoch-001.safetensors"
+    ]
     mp.spawn(_ddp_worker, args=(2, _free_port(), killed, True), nprocs=2, join=True)
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "epoch-002.safetensors")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "epoch-002.safetensors")

@@ -57,7 +57,7 @@ from qvimclap.train.data import (
     prepare_data,
     seeded_crop,
 )
-from qvimclap.train.distributed import barrier, broadcast_int, gather_to_all, init_distributed
+from qvimclap.train.distributed import barrier, from_rank0, gather_to_all, init_distributed
 from qvimclap.train.losses import alignment_loss, needs_reference
 from qvimclap.train.model import build_model, load_clap, load_target_embedder
 from qvimclap.train.optim import (
@@ -207,7 +207,7 @@ def _train(
             last = budget_epochs(
                 config.epochs, epoch, 60 * config.max_minutes - (now - start_time), now - epoch_start
             )
-            last = broadcast_int(last, world)
+            last = from_rank0(last, world)
             fit_schedule_to_budget(scheduler, last, steps_per_epoch)
             if rank == 0:
                 logger.info("the time budget allows about %d epochs: the cosine now ends there", last)
@@ -246,13 +246,7 @@ def _stop_reason(
             )
         elif config.max_minutes is not None and elapsed_s >= 60 * config.max_minutes:
             reason = f"the time budget of {config.max_minutes} min ran out"
-    if world > 1:
-        import torch.distributed as dist
-
-        box = [reason]
-        dist.broadcast_object_list(box, src=0)
-        reason = box[0]
-    return reason
+    return from_rank0(reason, world)
 
 
 def _resume(
@@ -268,8 +262,8 @@ def _resume(
     rngs = [saved["rng"], *saved.get("rng_other_ranks", [])]
     if len(rngs) != world:
         logger.warning(
-            "%s was saved by %d process(es) and resumes on %d: random streams restart from rank 0's, so the run "
-            "will not repeat an uninterrupted one exactly",
+            "%s was saved by %d process(es) and resumes on %d: random streams restart from rank 0's, so "
+            "the run will not repeat an uninterrupted one exactly",
             out,
             len(rngs),
             world,

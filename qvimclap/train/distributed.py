@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
+from typing import Any
 
 import torch
 
@@ -29,15 +28,15 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
-def broadcast_int(value: int, world: int) -> int:
-    """Rank 0's ``value`` on every process (decisions made from rank 0's clock must agree across ranks)."""
+def from_rank0(value: Any, world: int) -> Any:
+    """Rank 0's ``value`` on every process: decisions made from rank 0's validation or clock must agree."""
     if world == 1:
         return value
     import torch.distributed as dist
 
     box = [value]
     dist.broadcast_object_list(box, src=0)
-    return int(box[0])
+    return box[0]
 
 
 def gather_to_all(value: Any, world: int) -> list[Any]:

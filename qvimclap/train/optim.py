@@ -39,7 +39,9 @@ def budget_epochs(epochs: int, epoch: int, remaining_s: float, epoch_s: float) -
     return max(epoch, min(epochs, epoch + more))
 
 
-def fit_schedule_to_budget(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int) -> None:
+def fit_schedule_to_budget(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int
+) -> None:
     """Make the cosine end where a time-budgeted run will stop (``epochs`` epochs) instead of at
     ``config.epochs``: a run cut by its budget then still anneals its learning rate."""
     schedule = scheduler.lr_lambdas[0]
