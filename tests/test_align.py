@@ -112,6 +112,14 @@ def test_helpers_are_deterministic_and_correct():
         seeded_crop(x, 4, np.random.default_rng(0)), seeded_crop(x, 4, np.random.default_rng(0))
     )
     assert seeded_crop(x, 12, np.random.default_rng(0)).tolist() == list(range(10)) + [0, 0]
+    # random_pad: a short clip lands whole at a seeded offset, every offset possible
+    shifted = [seeded_crop(x, 12, np.random.default_rng(s), random_pad=True) for s in range(40)]
+    starts = {int(np.flatnonzero(c == 1)[0]) - 1 for c in shifted}
+    assert starts == {0, 1, 2} and all(c.sum() == x.sum() and len(c) == 12 for c in shifted)
+    np.testing.assert_array_equal(
+        seeded_crop(x, 12, np.random.default_rng(3), random_pad=True),
+        seeded_crop(x, 12, np.random.default_rng(3), random_pad=True),
+    )
     same = np.tile([[0.6, 0.8]], (4, 1))
     assert mean_pairwise_cosine(same) == pytest.approx(1.0)
     assert mean_pairwise_cosine(np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(-1 / 3)

@@ -56,7 +56,9 @@ def test_alignment_loss_weights_and_terms():
     assert set(terms) == {"imitation_clap", "imitation_reference"}
     expected = 2.0 * cosine_loss(im, clap) + 0.5 * cosine_loss(im, ref)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
-    only_clap = LossConfig(reference_clap=0.0, imitation_reference=0.0, center=False)
+    only_clap = LossConfig(
+        reference_clap=0.0, imitation_reference=0.0, center=False, target_negatives="batch"
+    )
     assert not needs_reference(only_clap)
     total, terms = alignment_loss(im, None, clap, only_clap)
     assert set(terms) == {"imitation_clap"}
@@ -89,7 +91,7 @@ def test_projection_heads_shapes_and_config(kind):
 def test_clap_terms_use_their_own_temperature():
     torch.manual_seed(1)
     im, ref, clap = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
-    config = LossConfig(temperature=0.2, clap_temperature=0.05, center=False)
+    config = LossConfig(temperature=0.2, clap_temperature=0.05, center=False, target_negatives="batch")
     total, terms = alignment_loss(im, ref, clap, config)
     expected = {
         "imitation_clap": info_nce(im, clap, temperature=0.05),
@@ -109,9 +111,42 @@ def test_centered_loss_compares_deviations_from_the_mean_target():
         mean + 0.1 * torch.randn(4, 8),
         mean + 0.1 * torch.randn(4, 8),
     )
-    config = LossConfig(center=True, clap_temperature=0.07, imitation_reference=0.0, reference_clap=0.0)
+    config = LossConfig(
+        center=True,
+        clap_temperature=0.07,
+        imitation_reference=0.0,
+        reference_clap=0.0,
+        target_negatives="batch",
+    )
     total, _ = alignment_loss(im, ref, clap, config, center=mean)
     assert total.item() == pytest.approx(info_nce(im - mean, clap - mean, temperature=0.07).item(), rel=1e-6)
     # a constant shift of every vector changes nothing once centred on the shifted mean
     shifted, _ = alignment_loss(im + 3.0, ref + 3.0, clap + 3.0, config, center=mean + 3.0)
     assert shifted.item() == pytest.approx(total.item(), rel=1e-5)
+
+
+def test_target_terms_with_all_negatives_classify_over_the_whole_bank():
+    # two rows in the batch, a bank of three targets: each row's cross-entropy runs over all three
+    im = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    index = torch.tensor([0, 2])
+    config = LossConfig(
+        reference_clap=0.0,
+        imitation_reference=0.0,
+        center=False,
+        clap_temperature=1.0,
+        target_negatives="all",
+    )
+    total, terms = alignment_loss(im, None, bank[index], config, bank=bank, bank_index=index)
+    row0 = -math.log(math.e / (math.e + 1.0 + math.exp(0.6)))
+    row1 = -math.log(math.exp(0.8) / (1.0 + math.e + math.exp(0.8)))
+    assert total.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # the in-batch form sees only the two targets of the batch: another (smaller) loss
+    batch_only = LossConfig(**{**config.to_dict(), "target_negatives": "batch", "symmetric": False})
+    assert alignment_loss(im, None, bank[index], batch_only)[0].item() < total.item()
+    # the imitation-reference term is in-batch either way
+    both = LossConfig(**{**config.to_dict(), "imitation_reference": 1.0})
+    _, terms = alignment_loss(im, im.clone(), bank[index], both, bank=bank, bank_index=index)
+    assert terms["imitation_reference"].item() == pytest.approx(info_nce(im, im).item(), rel=1e-6)
+    with pytest.raises(QvimclapError, match="target_negatives"):
+        LossConfig(target_negatives="everything")

@@ -105,6 +105,12 @@ def test_cli_resolves_the_preset_and_records_it(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     loss = {**LossConfig().to_dict(), "center": False}
     assert seen["config"] == AlignConfig(data=str(tmp_path), out=str(tmp_path / "r"), seed=3, loss=loss)
+    assert seen["config"].random_pad and seen["config"].loss_config.target_negatives == "all"
+    result = runner.invoke(app, [*args, "--target-negatives", "batch", "--pad-at-end"])
+    assert result.exit_code == 0, result.output
+    assert not seen["config"].random_pad and seen["config"].loss_config.target_negatives == "batch"
+    baseline = resolve_align_config(data="d", out="o", preset="qvim-baseline", overrides={"qvim": "m.pt"})
+    assert not baseline.random_pad
     for bad, message in [
         (["--preset", "nope"], "Error: preset 'nope' is not known"),
         (["--preset", "clap-align", "--qvim", "x.pt"], "Error: preset 'clap-align' needs --clap PATH"),

@@ -131,6 +131,20 @@ def align(
     symmetric: bool = typer.Option(
         None, "--symmetric/--one-direction", help=_given("InfoNCE in both directions.", "symmetric", True)
     ),
+    target_negatives: str = typer.Option(
+        None,
+        "--target-negatives",
+        help=_given(
+            "Terms against the targets contrast with: all (every training reference's) or batch.",
+            "target_negatives",
+            True,
+        ),
+    ),
+    random_pad: bool = typer.Option(
+        None,
+        "--random-pad/--pad-at-end",
+        help=_given("Place a training clip shorter than --clip-seconds at a random offset.", "random_pad"),
+    ),
     val_fraction: float = typer.Option(
         None, "--val-fraction", help=_given("References held out.", "val_fraction")
     ),
@@ -166,6 +180,7 @@ def align(
         "clap_temperature": clap_temperature,
         "symmetric": symmetric,
         "center": center,
+        "target_negatives": target_negatives,
     }
     given = {
         "qvim": qvim,
@@ -175,6 +190,7 @@ def align(
         "shared_towers": shared_towers,
         "head": head,
         "clip_duration_s": clip_seconds,
+        "random_pad": random_pad,
         "epochs": epochs,
         "patience": patience,
         "max_minutes": max_minutes,

@@ -305,6 +305,12 @@ class _Run:
         # bf16 autocast for the towers on a GPU (faster, equal validation MRR: see the README); not on the CPU
         self.bf16 = self.config.bf16 and device.type == "cuda"
         self.center = self.all_targets[train_refs].mean(0)  # [D], the mean CLAP target of training references
+        # the training references' targets, the negatives of target_negatives="all"; bank_row maps a
+        # reference index to its row (validation references are never in the bank)
+        self.bank = self.all_targets[train_refs]
+        self.bank_row = torch.full((len(self.all_targets),), -1, dtype=torch.long, device=device)
+        rows = torch.arange(len(train_refs), device=device)
+        self.bank_row[torch.as_tensor(train_refs, device=device)] = rows
 
     def train_epoch(self, epoch: int, state: dict[str, Any], *, progress: bool) -> int:
         """Step 4 for one epoch; returns the global step count after it.
@@ -346,7 +352,14 @@ class _Run:
             imitation = imitation.float()  # the loss and the targets stay float32
             reference = None if reference is None else reference.float()
             loss, terms = alignment_loss(
-                imitation, reference, targets, self.loss_config, groups=reference_index, center=self.center
+                imitation,
+                reference,
+                targets,
+                self.loss_config,
+                groups=reference_index,
+                center=self.center,
+                bank=self.bank,
+                bank_index=self.bank_row[reference_index],
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

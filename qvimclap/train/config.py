@@ -58,6 +58,8 @@ class AlignConfig:
     keep_checkpoints: int = 2
     bn_batches: int = 8
     time_mask_fraction: float = 0.2
+    #: training places a clip shorter than ``clip_duration_s`` at a random offset (else at the start)
+    random_pad: bool = True
     cache_dir: str | None = None
     device: str = "auto"
     target: str | None = None

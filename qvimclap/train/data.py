@@ -27,11 +27,15 @@ def load_waveforms(paths: Sequence[Path], sample_rate: int, max_duration_s: floa
     return [load_audio(p, sample_rate, max_duration_s=max_duration_s, allow_silent=True) for p in paths]
 
 
-def seeded_crop(x: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``num_samples`` window of a longer clip; shorter clips are zero-padded at the end."""
+def seeded_crop(
+    x: np.ndarray, num_samples: int, rng: np.random.Generator, *, random_pad: bool = False
+) -> np.ndarray:
+    """A random ``num_samples`` window of a longer clip; shorter clips are zero-padded at the end, or with
+    ``random_pad`` placed at a random offset in the window (a time shift)."""
     extra = x.shape[-1] - num_samples
     if extra <= 0:
-        return np.pad(x, (0, -extra))
+        before = int(rng.integers(0, -extra + 1)) if random_pad else 0
+        return np.pad(x, (before, -extra - before))
     start = int(rng.integers(0, extra + 1))
     return x[start : start + num_samples]
 
@@ -53,9 +57,11 @@ class PairDataset(torch.utils.data.Dataset):
         *,
         num_samples: int,
         seed: int = 0,
+        random_pad: bool = False,
     ) -> None:
         self.queries, self.references, self.pairs = queries, references, np.asarray(pairs, dtype=np.int64)
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.random_pad = random_pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,8 +72,8 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
         q, r = self.pairs[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        imitation = seeded_crop(self.queries[q], self.num_samples, rng)
-        reference = seeded_crop(self.references[r], self.num_samples, rng)
+        imitation = seeded_crop(self.queries[q], self.num_samples, rng, random_pad=self.random_pad)
+        reference = seeded_crop(self.references[r], self.num_samples, rng, random_pad=self.random_pad)
         return imitation, reference, int(r), int(index)
 
 
@@ -182,6 +188,7 @@ def prepare_data(
             _index_pairs(train_set, query_index, reference_index),
             num_samples=int(round(config.clip_duration_s * SAMPLE_RATE)),
             seed=config.seed,
+            random_pad=config.random_pad,
         ),
         "val": {
             "queries": [query_clips[q] for q in val_pairs[:, 0]],

@@ -30,6 +30,7 @@ from qvimclap.config import require_known_keys
 from qvimclap.errors import QvimclapError
 
 LOSS_KINDS = ("infonce", "cosine")
+TARGET_NEGATIVES = ("batch", "all")
 #: The three compared pairs, in the order they are logged.
 TERMS = ("imitation_clap", "reference_clap", "imitation_reference")
 
@@ -45,6 +46,11 @@ class LossConfig:
     subtracting the mean CLAP target (given to :func:`alignment_loss`), which removes the cone's common
     direction; rankings by raw cosine are unchanged to first order. Without it, a sharper ``clap_temperature``
     (0.01, where CLIP/CLAP's own learned temperature ends up) is the other remedy; it measured worse.
+
+    ``target_negatives`` is what a term against the targets contrasts with: ``"batch"``, the other targets in
+    the batch (symmetric InfoNCE); ``"all"``, the targets of every training reference (a cross-entropy over
+    all of them, with the targets given to :func:`alignment_loss` as ``bank``). The targets are frozen and
+    cached, so all of them cost one ``[B, R]`` product per step.
     """
 
     kind: str = "infonce"
@@ -55,6 +61,7 @@ class LossConfig:
     clap_temperature: float = 0.07
     symmetric: bool = True
     center: bool = True
+    target_negatives: str = "all"
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -62,6 +69,11 @@ class LossConfig:
         weights = self.weights()
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
             raise QvimclapError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
+        if self.target_negatives not in TARGET_NEGATIVES:
+            raise QvimclapError(
+                f"target_negatives {self.target_negatives!r} is not known; "
+                f"use one of {', '.join(TARGET_NEGATIVES)}"
+            )
         if self.temperature <= 0 or self.clap_temperature <= 0:
             raise QvimclapError(
                 f"loss temperatures must be > 0, got {self.temperature} and {self.clap_temperature}"
@@ -112,6 +124,15 @@ def info_nce(
     return loss
 
 
+def bank_cross_entropy(
+    a: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, *, temperature: float = 0.07
+) -> torch.Tensor:
+    """Cross-entropy of each row of ``a`` (``[B, D]``) over every row of ``bank`` (``[R, D]``), row
+    ``index[i]`` being the class of ``a[i]``; cosine logits divided by ``temperature``."""
+    logits = F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
+    return F.cross_entropy(logits, index)
+
+
 def alignment_loss(
     imitation: torch.Tensor,
     reference: torch.Tensor | None,
@@ -120,17 +141,25 @@ def alignment_loss(
     *,
     groups: torch.Tensor | None = None,
     center: torch.Tensor | None = None,
+    bank: torch.Tensor | None = None,
+    bank_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the configured terms, and each unweighted term (detached) for logging.
 
     ``imitation``, ``reference`` and ``clap`` are ``[B, D]`` float32; ``reference`` may be None when both
     terms that use it have weight 0 (the reference tower is then not run at all). ``center`` (``[D]``, the
     mean CLAP target) is subtracted from all three before comparing when ``config.center`` is set.
+    ``bank`` (``[R, D]``, every training reference's target) and ``bank_index`` (``[B]``, each row's
+    reference in it) are needed when ``config.target_negatives == "all"``.
     """
+    all_negatives = config.target_negatives == "all" and config.kind == "infonce"
+    if all_negatives:
+        assert bank is not None and bank_index is not None, 'target_negatives="all" needs the target bank'
     if config.center:
         assert center is not None, "LossConfig(center=True) needs the mean CLAP target"
         imitation, clap = imitation - center, clap - center
         reference = None if reference is None else reference - center
+        bank = None if bank is None else bank - center
     pairs = {
         "imitation_clap": (imitation, clap),
         "reference_clap": (reference, clap),
@@ -145,6 +174,8 @@ def alignment_loss(
         assert a is not None and b is not None, f"loss term {name} needs the reference embeddings"
         if config.kind == "cosine":
             value = cosine_loss(a, b)
+        elif all_negatives and name.endswith("_clap"):
+            value = bank_cross_entropy(a, bank, bank_index, temperature=config.clap_temperature)
         else:
             temperature = config.clap_temperature if name.endswith("_clap") else config.temperature
             value = info_nce(a, b, temperature=temperature, symmetric=config.symmetric, groups=groups)
