@@ -371,7 +371,7 @@ def main() -> None:
     )
     print(
         f"ours: AlignConfig defaults{' + ' + str(changed) if changed else ''} ({config.qvim}, "
-        f"clip {config.clip_duration_s} s, {config.epochs} epochs, loss {config.loss['kind']}): "
+        f"clip {config.clip_duration_s} s, {config.epochs} epochs, loss {config.loss_config.kind}): "
         f"{align_s / 60:.1f} min, best epoch {result.best_epoch}; "
         f"peers: {peer_s / 60:.1f} min each, {peer_steps} steps (pair), "
         f"{target_peer_steps} steps (into target)\n"

@@ -304,10 +304,10 @@ class _Run:
         train_refs = np.unique(data["train"].pairs[:, 1])
         # bf16 autocast for the towers on a GPU (faster, equal validation MRR: see the README); not on the CPU
         self.bf16 = self.config.bf16 and device.type == "cuda"
-        self.center = self.all_targets[train_refs].mean(0)  # [D], the mean CLAP target of training references
-        # the training references' targets, the negatives of target_negatives="all"; bank_row maps a
-        # reference index to its row (validation references are never in the bank)
+        # the training references' targets: the negatives of target_negatives="all" (validation references
+        # are never among them) and, averaged, the centre; bank_row maps a reference index to its row
         self.bank = self.all_targets[train_refs]
+        self.center = self.bank.mean(0)
         self.bank_row = torch.full((len(self.all_targets),), -1, dtype=torch.long, device=device)
         rows = torch.arange(len(train_refs), device=device)
         self.bank_row[torch.as_tensor(train_refs, device=device)] = rows
