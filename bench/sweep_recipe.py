@@ -49,14 +49,16 @@ def score_model(run_dir: Path, val_set, corpus: Path) -> dict[str, float]:
     return out
 
 
-def naive_pair(dataset, train_set, val_set, seconds: float) -> tuple[float, int]:
+def naive_pair(dataset, train_set, val_set, seconds: float, seed: int = 0) -> tuple[float, int]:
     all_queries, all_refs = list(dataset.queries), list(dataset.references)
     q_index = {p: i for i, p in enumerate(all_queries)}
     r_index = {p: i for i, p in enumerate(all_refs)}
     train_pairs = np.array([(q_index[p.query_path], r_index[p.reference_path]) for p in train_set.pairs])
     query_clips = load_waveforms(all_queries, ba.PEER_SAMPLE_RATE, 10.0)
     reference_clips = load_waveforms(all_refs, ba.PEER_SAMPLE_RATE, 10.0)
-    imitation, reference, steps = ba.train_peer(train_pairs, query_clips, reference_clips, seconds=seconds)
+    imitation, reference, steps = ba.train_peer(
+        train_pairs, query_clips, reference_clips, seconds=seconds, seed=seed
+    )
     references = list(val_set.references)
     index = {r: i for i, r in enumerate(references)}
     true_ref = np.array([index[p.reference_path] for p in val_set.pairs])
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/qvimclap-bench-align"))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--naive-seeds", type=int, nargs="+", default=[0], help="training seeds of the pair")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,11 +110,10 @@ def main() -> None:
             row[f"{args.cross}:qvim (cross)"] = mrr
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if not args.skip_naive:
-        mrr, steps = naive_pair(dataset, train_set, val_set, 60 * args.minutes)
-        print(
-            json.dumps({"variant": "naive CNN pair", "steps": steps, f"{args.family}:qvim": mrr}), flush=True
-        )
+    for seed in [] if args.skip_naive else args.naive_seeds:
+        mrr, steps = naive_pair(dataset, train_set, val_set, 60 * args.minutes, seed=seed)
+        row = {"variant": "naive CNN pair", "seed": seed, "steps": steps, f"{args.family}:qvim": mrr}
+        print(json.dumps(row), flush=True)
     print(f"\n{args.family}, {args.minutes} min per row, torch threads {torch.get_num_threads()}")
 
 

@@ -89,6 +89,7 @@ def tiny_config(corpus, out, **overrides) -> AlignConfig:
         lr=2e-3,
         val_fraction=0.25,
         log_every=1,
+        validate_every_steps=1,  # every epoch, as most tests count on; the cadence has its own test
     )
     settings.update(overrides)
     return AlignConfig(**settings)
@@ -409,6 +410,38 @@ def test_patience_and_the_time_budget_stop_training_early(corpus, tmp_path):
     # the cosine was fitted to the budget: it ends after epoch 1, where the run stopped, not at epoch 30
     schedule = [r for r in read_metrics(quick.run_dir) if r["event"] == "schedule"]
     assert schedule == [{"event": "schedule", "epoch": 1, "cosine_ends_at_epoch": 1}]
+
+
+def test_small_epochs_validate_every_few_epochs_and_patience_waits_for_a_validation(corpus, tmp_path):
+    """With epochs of a few steps, validation (and its checkpoint) follows the first and the last epoch and
+    each epoch in which a multiple of validate_every_steps is passed; patience is judged at validations."""
+    run = train_alignment(
+        tiny_config(corpus, tmp_path / "c", epochs=7, validate_every_steps=5), progress=False
+    )
+    per_epoch = next(r["step"] for r in run.history if r["event"] == "val")
+    multiples = range(5, 7 * per_epoch + 1, 5)
+    expected = [
+        e for e in range(1, 8) if e in (1, 7) or any((e - 1) * per_epoch < m <= e * per_epoch for m in multiples)
+    ]
+    assert per_epoch < 5 and len(expected) < 7  # the tiny corpus has epochs shorter than the cadence
+    assert [r["epoch"] for r in run.history if r["event"] == "val"] == expected
+    kept = sorted(p.name for p in (run.run_dir / "checkpoints").iterdir())
+    assert kept == [f"epoch-{e:03d}.safetensors" for e in expected[-2:]]
+    with pytest.raises(QvimclapError, match="validate_every_steps must be >= 1"):
+        tiny_config(corpus, tmp_path / "x", validate_every_steps=0)
+
+    every_other = 2 * per_epoch  # validations after epochs 1, 2, 4, 6, ...
+    stale = train_alignment(
+        tiny_config(corpus, tmp_path / "p", epochs=30, lr=1e-9, patience=3, validate_every_steps=every_other),
+        progress=False,
+    )
+    validated = [r["epoch"] for r in stale.history if r["event"] == "val"]
+    cadence = [1] + list(range(2, 31, 2))
+    stop = next(e for e in cadence if e - stale.best_epoch >= 3)
+    assert validated == [e for e in cadence if e <= stop]
+    assert "no better validation MRR for 3 epochs" in json.loads((stale.run_dir / "summary.json").read_text())[
+        "stopped"
+    ]
 
 
 def test_a_time_budget_fits_the_cosine_to_where_the_run_will_stop():

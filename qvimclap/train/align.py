@@ -10,7 +10,8 @@
    then cosine decay (:mod:`~qvimclap.train.optim`), or all of it resumed from the last epoch checkpoint;
 4. the epochs: the encoder's mel augmentations (train mode), gradient clipping; loss terms, per-group gradient
    norms and the embedding spread logged every ``log_every`` steps;
-5. after each epoch (:mod:`~qvimclap.train.validation`): precise BatchNorm statistics, validation MRR in the
+5. after the first and last epochs and every ``validate_every_steps`` steps, rounded to whole epochs
+   (:mod:`~qvimclap.train.validation`): precise BatchNorm statistics, validation MRR in the
    target space (imitation tower vs the references' targets; CLAP space by default) and in QVIM space
    (imitation tower vs reference tower), a collapse check, an epoch checkpoint, and the best model so far
    (highest validation MRR, the mean of both spaces) written to the run folder as an aligned model folder;
@@ -197,22 +198,31 @@ def _train(
     for epoch in range(first, config.epochs + 1):
         epoch_start = time.monotonic()
         state["step"] = run.train_epoch(epoch, state, progress=progress)
-        # each rank's random streams go into the checkpoint, so that every rank resumes its own
-        other_rngs = gather_to_all(rng_state() if rank else None, world)[1:]
-        if rank == 0:
-            collapsed = run.end_epoch(epoch, state, other_rngs)
-        barrier(world)
+        trained = time.monotonic()
+        out_of_time = from_rank0(
+            config.max_minutes is not None and trained - start_time >= 60 * config.max_minutes, world
+        )
+        validated = out_of_time or _validates(epoch, steps_per_epoch, config)
+        if validated:
+            # each rank's random streams go into the checkpoint, so that every rank resumes its own
+            other_rngs = gather_to_all(rng_state() if rank else None, world)[1:]
+            if rank == 0:
+                collapsed = run.end_epoch(epoch, state, other_rngs)
+            barrier(world)
         if epoch == first and config.max_minutes is not None:
             now = time.monotonic()
-            last = budget_epochs(
-                config.epochs, epoch, 60 * config.max_minutes - (now - start_time), now - epoch_start
-            )
+            # an epoch's cost: its training, and its share of the validations
+            share = min(1.0, steps_per_epoch / config.validate_every_steps)
+            epoch_s = (trained - epoch_start) + share * (now - trained)
+            last = budget_epochs(config.epochs, epoch, 60 * config.max_minutes - (now - start_time), epoch_s)
             last = from_rank0(last, world)
             fit_schedule_to_budget(scheduler, last, steps_per_epoch)
             if rank == 0:
                 logger.info("the time budget allows about %d epochs: the cosine now ends there", last)
                 append_metrics(out, {"event": "schedule", "epoch": epoch, "cosine_ends_at_epoch": last})
-        stopped = _stop_reason(config, epoch, state, time.monotonic() - start_time, rank=rank, world=world)
+        stopped = _stop_reason(
+            config, epoch, state, validated=validated, out_of_time=out_of_time, rank=rank, world=world
+        )
         if stopped is not None:
             logger.info("stopping after epoch %d: %s", epoch, stopped)
             break
@@ -233,20 +243,36 @@ def _train(
     return AlignResult(out, best["epoch"], best, history, elapsed, collapsed)
 
 
+def _validates(epoch: int, steps_per_epoch: int, config: AlignConfig) -> bool:
+    """Whether ``epoch`` ends with validation and a checkpoint: the first, the last, and every epoch in
+    which the step count passes a multiple of ``validate_every_steps`` (a function of the epoch alone, so
+    that a resumed run validates where the uninterrupted one did)."""
+    every = config.validate_every_steps
+    passed = (epoch * steps_per_epoch) // every > ((epoch - 1) * steps_per_epoch) // every
+    return passed or epoch in (1, config.epochs)
+
+
 def _stop_reason(
-    config: AlignConfig, epoch: int, state: dict[str, Any], elapsed_s: float, *, rank: int, world: int
+    config: AlignConfig,
+    epoch: int,
+    state: dict[str, Any],
+    *,
+    validated: bool,
+    out_of_time: bool,
+    rank: int,
+    world: int,
 ) -> str | None:
-    """Why training stops after ``epoch`` (None: it goes on). Rank 0 decides (it alone validates) and every
-    process follows it."""
-    reason = None
-    if rank == 0:
-        if config.patience is not None and epoch - state["best"]["epoch"] >= config.patience:
-            reason = (
-                f"no better validation MRR for {config.patience} epochs (best epoch {state['best']['epoch']})"
-            )
-        elif config.max_minutes is not None and elapsed_s >= 60 * config.max_minutes:
-            reason = f"the time budget of {config.max_minutes} min ran out"
-    return from_rank0(reason, world)
+    """Why training stops after ``epoch`` (None: it goes on). Every process reaches the same answer: the
+    validation results live on rank 0, so the patience rule is broadcast from there; ``out_of_time`` already
+    was."""
+    if out_of_time:
+        return f"the time budget of {config.max_minutes} min ran out"
+    if not validated or config.patience is None:
+        return None
+    waited = epoch - state["best"]["epoch"] >= config.patience if rank == 0 else False
+    if not from_rank0(waited, world):
+        return None
+    return f"no better validation MRR for {config.patience} epochs (best epoch {state['best']['epoch']})"
 
 
 def _resume(

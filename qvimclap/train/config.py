@@ -32,7 +32,7 @@ class AlignConfig:
     ``target`` names the frozen embedder the model is aligned into by an embedder spec (``clap:scratch``,
     ``clap:<path>``, ``aisfx``, ``aisfx:<path>``); None means ``clap:<clap>``, so ``clap`` is shorthand for
     a CLAP target and ``clap_preprocessing`` applies to CLAP targets only. Training runs at most ``epochs``
-    epochs and stops earlier after ``patience`` validations without a better validation MRR, or after the
+    epochs and stops earlier after ``patience`` epochs without a better validation MRR, or after the
     epoch in which ``max_minutes`` of wall time ran out (the best epoch is kept either way).
     """
 
@@ -57,6 +57,11 @@ class AlignConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     bn_batches: int = 8
+    #: Validation (precise BatchNorm, validation MRR, best model, checkpoint) follows the first and the last
+    #: epoch and every epoch in which the step count passes a multiple of this; so every epoch on real data,
+    #: and every few epochs on small data, where an epoch of 15 steps otherwise spends a quarter of its time
+    #: validating.
+    validate_every_steps: int = 50
     time_mask_fraction: float = 0.2
     #: training places a clip shorter than ``clip_duration_s`` at a random offset (else at the start)
     random_pad: bool = True
@@ -88,6 +93,8 @@ class AlignConfig:
                 f"patience must be >= 1 and max_minutes > 0 (or unset), got {self.patience} and "
                 f"{self.max_minutes}"
             )
+        if self.validate_every_steps < 1:
+            raise QvimclapError(f"validate_every_steps must be >= 1, got {self.validate_every_steps}")
         if self.epochs < 1 or self.batch_size < 2:
             raise QvimclapError(
                 f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}"
