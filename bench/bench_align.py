@@ -13,8 +13,9 @@ On a corpus family (``--family synth`` or ``foley``; ``--train-refs`` + ``--val-
    references) and in QVIM space (imitation tower vs reference tower), the peers, the zero-shot row (the
    target embedder's own embedding of the imitation), the class oracle in the target space, the hand-made
    log-mel statistics of ``bench/baseline_logmel.py`` and chance;
-4. prints a markdown table with MRR, recall@1/5/10, class NDCG, MRR / chance, and the ratios the bars ask
-   for.
+4. prints a markdown table with MRR, recall@1/5/10, class NDCG, class@1 (the top hit is of the imitated
+   kind), within-class MRR (the true sound among its own kind only), MRR / chance, and the ratios the bars
+   ask for.
 
     .venv/bin/python bench/bench_align.py --family foley [--train-refs 100 --val-refs 60 --imitations 3]
         [--minutes M] [--set name=json] [--work DIR]
@@ -167,6 +168,8 @@ def score(similarity: np.ndarray, true_ref: np.ndarray, q_labels: np.ndarray, r_
         "recall@5": ev.recall_at_k(ranks, 5),
         "recall@10": ev.recall_at_k(ranks, 10),
         "class_ndcg": ev.class_ndcg(ranked, q_labels, r_labels),
+        "class@1": ev.class_at_1(ranked, q_labels, r_labels),
+        "within_class_mrr": ev.within_class_mrr(ranked, true_ref, q_labels, r_labels),
     }
 
 
@@ -376,7 +379,7 @@ def main() -> None:
         f"peers: {peer_s / 60:.1f} min each, {peer_steps} steps (pair), "
         f"{target_peer_steps} steps (into target)\n"
     )
-    names = ["mrr", "recall@1", "recall@5", "recall@10", "class_ndcg"]
+    names = ["mrr", "recall@1", "recall@5", "recall@10", "class_ndcg", "class@1", "within_class_mrr"]
     print("| method | " + " | ".join(names) + " | MRR / chance |")
     print("|---|" + "---|" * (len(names) + 1))
     for method, row in rows.items():

@@ -62,6 +62,33 @@ def class_ndcg(ranked: np.ndarray, query_labels: np.ndarray, reference_labels: n
     return float(np.mean(dcg[valid] / idcg[valid])) if valid.any() else 0.0
 
 
+def class_at_1(ranked: np.ndarray, query_labels: np.ndarray, reference_labels: np.ndarray) -> float:
+    """Fraction of queries whose top hit is of the query's class: how often the kind is recognised."""
+    return float(np.mean(np.asarray(reference_labels)[np.asarray(ranked)[:, 0]] == np.asarray(query_labels)))
+
+
+def within_class_mrr(
+    ranked: np.ndarray, true_ref: np.ndarray, query_labels: np.ndarray, reference_labels: np.ndarray
+) -> float:
+    """MRR of the true reference among the references of its own class only: how well the one sound is told
+    from the others of its kind, whether or not the kind was recognised."""
+    reference_labels = np.asarray(reference_labels)
+    same = reference_labels[np.asarray(ranked)] == np.asarray(query_labels).reshape(-1, 1)  # [Q, R]
+    hit = np.asarray(ranked) == np.asarray(true_ref).reshape(-1, 1)
+    before = np.cumsum(same, axis=1) * hit  # same-class references up to and including the true one
+    return mrr(before.max(axis=1))
+
+
+def chance_class_at_1(query_labels: np.ndarray, reference_labels: np.ndarray) -> float:
+    reference_labels = np.asarray(reference_labels)
+    return float(np.mean([(reference_labels == q).mean() for q in query_labels]))
+
+
+def chance_within_class_mrr(query_labels: np.ndarray, reference_labels: np.ndarray) -> float:
+    reference_labels = np.asarray(reference_labels)
+    return float(np.mean([chance_mrr(int((reference_labels == q).sum())) for q in query_labels]))
+
+
 def chance_mrr(num_references: int) -> float:
     """Expected MRR of a uniformly random ranking: ``H_R / R``."""
     return float(np.mean(1.0 / np.arange(1, num_references + 1)))
@@ -191,9 +218,19 @@ def evaluate_retrieval(
     num_refs = len(references)
     cutoffs = sorted({1, k, 10})
     metrics = {f"recall@{c}": recall_at_k(ranks, c) for c in cutoffs}
-    metrics |= {"mrr": mrr(ranks), "class_ndcg": class_ndcg(ranked, query_labels, reference_labels)}
+    metrics |= {
+        "mrr": mrr(ranks),
+        "class_ndcg": class_ndcg(ranked, query_labels, reference_labels),
+        "class@1": class_at_1(ranked, query_labels, reference_labels),
+        "within_class_mrr": within_class_mrr(ranked, true_ref, query_labels, reference_labels),
+    }
     chance = {f"recall@{c}": chance_recall_at_k(num_refs, c) for c in cutoffs}
-    chance |= {"mrr": chance_mrr(num_refs), "class_ndcg": chance_class_ndcg(query_labels, reference_labels)}
+    chance |= {
+        "mrr": chance_mrr(num_refs),
+        "class_ndcg": chance_class_ndcg(query_labels, reference_labels),
+        "class@1": chance_class_at_1(query_labels, reference_labels),
+        "within_class_mrr": chance_within_class_mrr(query_labels, reference_labels),
+    }
     return RetrievalReport(
         space=space,
         k=k,

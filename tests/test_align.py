@@ -421,7 +421,9 @@ def test_small_epochs_validate_every_few_epochs_and_patience_waits_for_a_validat
     per_epoch = next(r["step"] for r in run.history if r["event"] == "val")
     multiples = range(5, 7 * per_epoch + 1, 5)
     expected = [
-        e for e in range(1, 8) if e in (1, 7) or any((e - 1) * per_epoch < m <= e * per_epoch for m in multiples)
+        e
+        for e in range(1, 8)
+        if e in (1, 7) or any((e - 1) * per_epoch < m <= e * per_epoch for m in multiples)
     ]
     assert per_epoch < 5 and len(expected) < 7  # the tiny corpus has epochs shorter than the cadence
     assert [r["epoch"] for r in run.history if r["event"] == "val"] == expected
@@ -439,9 +441,10 @@ def test_small_epochs_validate_every_few_epochs_and_patience_waits_for_a_validat
     cadence = [1] + list(range(2, 31, 2))
     stop = next(e for e in cadence if e - stale.best_epoch >= 3)
     assert validated == [e for e in cadence if e <= stop]
-    assert "no better validation MRR for 3 epochs" in json.loads((stale.run_dir / "summary.json").read_text())[
-        "stopped"
-    ]
+    assert (
+        "no better validation MRR for 3 epochs"
+        in json.loads((stale.run_dir / "summary.json").read_text())["stopped"]
+    )
 
 
 def test_a_time_budget_fits_the_cosine_to_where_the_run_will_stop():
@@ -543,3 +546,31 @@ def test_the_loader_yields_the_epochs_batches_in_order_with_or_without_workers()
     assert torch.equal(torch.get_rng_state(), state)  # the augmentations' random stream is not touched
     expected = collate_pairs([data[i] for i in batches[0]])
     torch.testing.assert_close(plain[0]["imitation"], expected["imitation"], rtol=0, atol=0)
+
+
+def test_speed_perturbation_plays_imitations_at_seeded_speeds_and_leaves_references_alone():
+    from qvimclap.train.data import PairDataset, change_speed
+
+    sr = 8000
+    tone = (1 + 0.5 * np.sin(2 * np.pi * 500 * np.arange(sr) / sr)).astype(np.float32)  # never zero
+    fast = change_speed(tone, 1.25)
+    assert len(fast) == 6400 and fast.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(fast - fast.mean()))
+    assert np.argmax(spectrum) * sr / len(fast) == pytest.approx(625, abs=2)  # 500 Hz played 1.25x as fast
+    clips = [tone, tone * 0.5]
+    pairs = np.array([[0, 1], [1, 0]])
+    plain = PairDataset(clips, clips, pairs, num_samples=16000, seed=2)
+    perturbed = PairDataset(clips, clips, pairs, num_samples=16000, seed=2, speed_perturb=0.3)
+    lengths = set()
+    for epoch in range(6):
+        plain.set_epoch(epoch)
+        perturbed.set_epoch(epoch)
+        a, b = perturbed[0], perturbed[0]
+        np.testing.assert_array_equal(a[0], b[0])  # seeded: the same item gets the same speed
+        lengths.add(int(np.count_nonzero(a[0])))
+        # a 1 s clip in a 2 s window: its played length is 1 s / speed, within [1 / 1.3, 1.3] s
+        assert sr / 1.3 - 2 <= np.count_nonzero(a[0]) <= sr * 1.3 + 2
+        assert np.count_nonzero(a[1]) == np.count_nonzero(plain[0][1]) == sr  # the reference keeps its speed
+    assert len(lengths) >= 4  # the speed varies from epoch to epoch
+    with pytest.raises(QvimclapError, match="speed_perturb"):
+        AlignConfig(data="x", out="y", speed_perturb=1.5)

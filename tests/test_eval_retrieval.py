@@ -116,7 +116,15 @@ def test_cli_align_then_eval_retrieval_end_to_end(tmp_path):
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert report["num_references"] == 2 and report["num_queries"] == 4
-        assert {"recall@1", "recall@2", "recall@10", "mrr", "class_ndcg"} == set(report["metrics"])
+        assert {
+            "recall@1",
+            "recall@2",
+            "recall@10",
+            "mrr",
+            "class_ndcg",
+            "class@1",
+            "within_class_mrr",
+        } == set(report["metrics"])
         assert plot.is_file()
     # the recorded split: --split val without --val-fraction/--seed is training's validation, MRR and all
     recorded = runner.invoke(

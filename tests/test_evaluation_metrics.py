@@ -35,6 +35,20 @@ def test_class_ndcg_hand_worked():
     assert perfect == pytest.approx(1.0)
 
 
+def test_class_at_1_and_within_class_mrr_hand_worked():
+    # references: classes a, b, a, b. Query 0 (class a, true 2) ranks [1(b), 0(a), 2(a), 3(b)]: wrong kind on
+    # top, and the true sound second among its kind. Query 1 (class b, true 1) ranks [1, 3, 0, 2]: both first.
+    ranked = np.array([[1, 0, 2, 3], [1, 3, 0, 2]])
+    labels = np.array(["a", "b", "a", "b"])
+    queries = np.array(["a", "b"])
+    assert ev.class_at_1(ranked, queries, labels) == pytest.approx(0.5)
+    assert ev.within_class_mrr(ranked, np.array([2, 1]), queries, labels) == pytest.approx((1 / 2 + 1) / 2)
+    # the order within each kind alone decides within_class_mrr: moving the other kind around changes nothing
+    shuffled = np.array([[1, 3, 0, 2], [0, 1, 2, 3]])
+    assert ev.within_class_mrr(shuffled, np.array([2, 1]), queries, labels) == pytest.approx((1 / 2 + 1) / 2)
+    assert ev.class_at_1(shuffled, queries, labels) == 0.0
+
+
 def test_chance_levels_match_random_rankings():
     rng = np.random.default_rng(0)
     num_refs, num_queries = 12, 4000
@@ -48,3 +62,7 @@ def test_chance_levels_match_random_rankings():
     got = ev.class_ndcg(ranked, query_labels, ref_labels)
     assert got == pytest.approx(ev.chance_class_ndcg(query_labels, ref_labels), abs=0.01)
     assert ev.chance_mrr(1) == 1.0 and ev.chance_mrr(2) == pytest.approx(0.75)
+    got = ev.class_at_1(ranked, query_labels, ref_labels)
+    assert got == pytest.approx(ev.chance_class_at_1(query_labels, ref_labels), abs=0.02)
+    got = ev.within_class_mrr(ranked, true_ref, query_labels, ref_labels)
+    assert got == pytest.approx(ev.chance_within_class_mrr(query_labels, ref_labels), abs=0.02)

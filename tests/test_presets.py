@@ -38,7 +38,7 @@ def test_qvim_baseline_is_the_published_recipe_and_needs_its_weights():
         15,
     )
     assert config.lr == 3e-4 and config.lr * config.min_lr_ratio == pytest.approx(1e-4)
-    assert not config.shared_towers and config.time_mask_fraction == 0.2
+    assert not config.shared_towers and config.time_mask_fraction == 0.2 and config.speed_perturb == 0.0
     loss = config.loss_config
     assert loss.temperature == 0.07 and not loss.symmetric
     assert (loss.imitation_clap, loss.reference_clap, loss.imitation_reference) == (0.0, 0.0, 1.0)

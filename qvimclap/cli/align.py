@@ -145,6 +145,14 @@ def align(
         "--random-pad/--pad-at-end",
         help=_given("Place a training clip shorter than --clip-seconds at a random offset.", "random_pad"),
     ),
+    speed_perturb: float = typer.Option(
+        None,
+        "--speed-perturb",
+        help=_given(
+            "Play each training imitation at a random speed in [1/(1+x), 1+x] (pitch and tempo); 0: off.",
+            "speed_perturb",
+        ),
+    ),
     val_fraction: float = typer.Option(
         None, "--val-fraction", help=_given("References held out.", "val_fraction")
     ),
@@ -191,6 +199,7 @@ def align(
         "head": head,
         "clip_duration_s": clip_seconds,
         "random_pad": random_pad,
+        "speed_perturb": speed_perturb,
         "epochs": epochs,
         "patience": patience,
         "max_minutes": max_minutes,
@@ -294,6 +303,14 @@ def eval_retrieval(
     ),
     split: str = typer.Option(
         "all", "--split", help="all, or val/train: the split `qvimclap align` made (recorded in the model)."
+    ),
+    speed_perturb: float = typer.Option(
+        None,
+        "--speed-perturb",
+        help=_given(
+            "Play each training imitation at a random speed in [1/(1+x), 1+x] (pitch and tempo); 0: off.",
+            "speed_perturb",
+        ),
     ),
     val_fraction: float = typer.Option(
         None, "--val-fraction", help="Split fraction (default: the model's recorded split, else 0.2)."

@@ -65,6 +65,9 @@ class AlignConfig:
     time_mask_fraction: float = 0.2
     #: training places a clip shorter than ``clip_duration_s`` at a random offset (else at the start)
     random_pad: bool = True
+    #: training plays each imitation at a seeded random speed in [1 / (1 + x), 1 + x] (pitch and tempo
+    #: together, as people imitate one sound higher or lower, faster or slower); 0 turns it off
+    speed_perturb: float = 0.3
     cache_dir: str | None = None
     device: str = "auto"
     target: str | None = None
@@ -99,6 +102,8 @@ class AlignConfig:
             raise QvimclapError(
                 f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}"
             )
+        if not 0 <= self.speed_perturb < 1:
+            raise QvimclapError(f"speed_perturb must be in [0, 1), got {self.speed_perturb}")
         if self.lr <= 0 or self.clip_duration_s <= 0:
             raise QvimclapError(
                 f"lr and clip_duration_s must be > 0, got {self.lr} and {self.clip_duration_s}"

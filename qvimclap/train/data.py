@@ -40,6 +40,12 @@ def seeded_crop(
     return x[start : start + num_samples]
 
 
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``x`` ``factor`` times as fast (pitch and tempo together, as a tape), by linear interpolation."""
+    length = max(1, int(round(len(x) / factor)))
+    return np.interp(np.arange(length) * factor, np.arange(len(x)), x).astype(np.float32)
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Training pairs as ``(imitation [T], reference [T], reference index, pair index)``, crops seeded per
     epoch.
@@ -58,10 +64,11 @@ class PairDataset(torch.utils.data.Dataset):
         num_samples: int,
         seed: int = 0,
         random_pad: bool = False,
+        speed_perturb: float = 0.0,
     ) -> None:
         self.queries, self.references, self.pairs = queries, references, np.asarray(pairs, dtype=np.int64)
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-        self.random_pad = random_pad
+        self.random_pad, self.speed_perturb = random_pad, speed_perturb
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -72,7 +79,12 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
         q, r = self.pairs[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        imitation = seeded_crop(self.queries[q], self.num_samples, rng, random_pad=self.random_pad)
+        imitation = self.queries[q]
+        if self.speed_perturb > 0:
+            imitation = change_speed(
+                imitation, float(np.exp(rng.uniform(-1, 1) * np.log1p(self.speed_perturb)))
+            )
+        imitation = seeded_crop(imitation, self.num_samples, rng, random_pad=self.random_pad)
         reference = seeded_crop(self.references[r], self.num_samples, rng, random_pad=self.random_pad)
         return imitation, reference, int(r), int(index)
 
@@ -189,6 +201,7 @@ def prepare_data(
             num_samples=int(round(config.clip_duration_s * SAMPLE_RATE)),
             seed=config.seed,
             random_pad=config.random_pad,
+            speed_perturb=config.speed_perturb,
         ),
         "val": {
             "queries": [query_clips[q] for q in val_pairs[:, 0]],
