@@ -304,14 +304,6 @@ def eval_retrieval(
     split: str = typer.Option(
         "all", "--split", help="all, or val/train: the split `qvimclap align` made (recorded in the model)."
     ),
-    speed_perturb: float = typer.Option(
-        None,
-        "--speed-perturb",
-        help=_given(
-            "Play each training imitation at a random speed in [1/(1+x), 1+x] (pitch and tempo); 0: off.",
-            "speed_perturb",
-        ),
-    ),
     val_fraction: float = typer.Option(
         None, "--val-fraction", help="Split fraction (default: the model's recorded split, else 0.2)."
     ),
