@@ -45,6 +45,7 @@ def score_model(run_dir: Path, val_set, corpus: Path) -> dict[str, float]:
     for space in ("qvim", "target"):
         report = ev.evaluate_retrieval(val_set, run_dir, k=5, space=space, cache_dir=corpus / CACHE_DIR_NAME)
         out[space] = report.metrics["mrr"]
+        out[f"{space} class@1"] = report.metrics["class@1"]
         out["chance"] = report.chance["mrr"]
     return out
 

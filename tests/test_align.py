@@ -142,6 +142,7 @@ def test_training_loss_falls_and_run_folder_is_complete(corpus, tmp_path):
         "grad_norm/imitation_tower",
         "loss/imitation_clap",
         "loss/reference_clap",
+        "loss/imitation_kind",
     } <= set(train[0])
     val = [r for r in rows if r["event"] == "val"]
     assert [r["epoch"] for r in val] == [1, 2, 3, 4]
@@ -574,3 +575,43 @@ def test_speed_perturbation_plays_imitations_at_seeded_speeds_and_leaves_referen
     assert len(lengths) >= 4  # the speed varies from epoch to epoch
     with pytest.raises(QvimclapError, match="speed_perturb"):
         AlignConfig(data="x", out="y", speed_perturb=1.5)
+
+
+def test_the_kind_term_learns_the_datasets_labels(corpus, tmp_path, monkeypatch):
+    import csv
+
+    from qvimclap.train import losses
+
+    # the same corpus, its eight sounds relabelled as two kinds (by the sound's index: even or odd)
+    rows = list(csv.reader((corpus / "pairs.csv").open()))
+    kind_of = {
+        ref: ("even" if i % 2 == 0 else "odd") for i, ref in enumerate(dict.fromkeys(r[1] for r in rows[1:]))
+    }
+    relabelled = tmp_path / "two-kinds.csv"
+    with relabelled.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *([q, r, kind_of[r]] for q, r, _ in rows[1:])])
+    (tmp_path / "references").symlink_to(corpus / "references")
+    (tmp_path / "imitations").symlink_to(corpus / "imitations")
+    seen = []
+    real = losses.kind_cross_entropy
+
+    def spy(a, bank, bank_kind, kind, *, temperature):
+        seen.append((bank_kind.clone(), kind.clone()))
+        return real(a, bank, bank_kind, kind, temperature=temperature)
+
+    monkeypatch.setattr(losses, "kind_cross_entropy", spy)
+    result = train_alignment(tiny_config(relabelled, tmp_path / "run", epochs=1), progress=False)
+    train = [r for r in read_metrics(result.run_dir) if r["event"] == "train"]
+    assert all(r["loss/imitation_kind"] > 0 for r in train) and len(seen) == len(train)
+    bank_kind, kind = seen[0]
+    # the bank holds the six training sounds' kinds ("even" is 0, "odd" 1), as the split recorded them
+    from qvimclap.data.split import read_split
+
+    expected = sorted(int(kind_of[ref] == "odd") for ref in read_split(result.run_dir).train_references)
+    assert sorted(bank_kind.tolist()) == expected and len(expected) == 6 and set(expected) == {0, 1}
+    assert set(kind.tolist()) <= {0, 1}
+    # off: the term is neither computed nor logged
+    seen.clear()
+    off = tiny_config(relabelled, tmp_path / "off", epochs=1, loss={"imitation_kind": 0.0})
+    rows = read_metrics(train_alignment(off, progress=False).run_dir)
+    assert not seen and not any("loss/imitation_kind" in r for r in rows)

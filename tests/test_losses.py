@@ -7,7 +7,15 @@ import torch
 
 from qvimclap.errors import QvimclapError
 from qvimclap.models.heads import HeadConfig, ProjectionHead
-from qvimclap.train.losses import LossConfig, alignment_loss, cosine_loss, info_nce, needs_reference
+from qvimclap.train.losses import (
+    LossConfig,
+    alignment_loss,
+    bank_cross_entropy,
+    cosine_loss,
+    info_nce,
+    kind_cross_entropy,
+    needs_reference,
+)
 
 
 def test_cosine_loss_hand_worked():
@@ -50,14 +58,19 @@ def test_alignment_loss_weights_and_terms():
     torch.manual_seed(0)
     im, ref, clap = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
     config = LossConfig(
-        kind="cosine", imitation_clap=2.0, reference_clap=0.0, imitation_reference=0.5, center=False
+        kind="cosine",
+        imitation_clap=2.0,
+        reference_clap=0.0,
+        imitation_reference=0.5,
+        center=False,
+        imitation_kind=0.0,
     )
     total, terms = alignment_loss(im, ref, clap, config)
     assert set(terms) == {"imitation_clap", "imitation_reference"}
     expected = 2.0 * cosine_loss(im, clap) + 0.5 * cosine_loss(im, ref)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     only_clap = LossConfig(
-        reference_clap=0.0, imitation_reference=0.0, center=False, target_negatives="batch"
+        reference_clap=0.0, imitation_reference=0.0, center=False, target_negatives="batch", imitation_kind=0
     )
     assert not needs_reference(only_clap)
     total, terms = alignment_loss(im, None, clap, only_clap)
@@ -72,7 +85,7 @@ def test_loss_config_validates_and_round_trips():
     with pytest.raises(QvimclapError, match="not known"):
         LossConfig(kind="triplet")
     with pytest.raises(QvimclapError, match="at least one"):
-        LossConfig(imitation_clap=0, reference_clap=0, imitation_reference=0)
+        LossConfig(imitation_clap=0, reference_clap=0, imitation_reference=0, imitation_kind=0)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
@@ -91,7 +104,9 @@ def test_projection_heads_shapes_and_config(kind):
 def test_clap_terms_use_their_own_temperature():
     torch.manual_seed(1)
     im, ref, clap = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
-    config = LossConfig(temperature=0.2, clap_temperature=0.05, center=False, target_negatives="batch")
+    config = LossConfig(
+        temperature=0.2, clap_temperature=0.05, center=False, target_negatives="batch", imitation_kind=0
+    )
     total, terms = alignment_loss(im, ref, clap, config)
     expected = {
         "imitation_clap": info_nce(im, clap, temperature=0.05),
@@ -117,6 +132,7 @@ def test_centered_loss_compares_deviations_from_the_mean_target():
         imitation_reference=0.0,
         reference_clap=0.0,
         target_negatives="batch",
+        imitation_kind=0.0,
     )
     total, _ = alignment_loss(im, ref, clap, config, center=mean)
     assert total.item() == pytest.approx(info_nce(im - mean, clap - mean, temperature=0.07).item(), rel=1e-6)
@@ -136,6 +152,7 @@ def test_target_terms_with_all_negatives_classify_over_the_whole_bank():
         center=False,
         clap_temperature=1.0,
         target_negatives="all",
+        imitation_kind=0.0,
     )
     total, terms = alignment_loss(im, None, bank[index], config, bank=bank, bank_index=index)
     row0 = -math.log(math.e / (math.e + 1.0 + math.exp(0.6)))
@@ -150,3 +167,37 @@ def test_target_terms_with_all_negatives_classify_over_the_whole_bank():
     assert terms["imitation_reference"].item() == pytest.approx(info_nce(im, im).item(), rel=1e-6)
     with pytest.raises(QvimclapError, match="target_negatives"):
         LossConfig(target_negatives="everything")
+
+
+def test_the_kind_term_counts_every_target_of_the_imitated_kind_as_right():
+    im = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    bank_kind, kind = torch.tensor([0, 1, 0]), torch.tensor([0, 0])
+    # row 0 picks kind 0 through targets 0 and 2; row 1 through the same two, with other logits
+    row0 = -math.log((math.e + math.exp(0.6)) / (math.e + 1.0 + math.exp(0.6)))
+    row1 = -math.log((1.0 + math.exp(0.8)) / (1.0 + math.e + math.exp(0.8)))
+    value = kind_cross_entropy(im, bank, bank_kind, kind, temperature=1.0)
+    assert value.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # every target a kind of its own: the cross-entropy over the whole bank
+    index = torch.tensor([0, 2])
+    alone = kind_cross_entropy(im, bank, torch.arange(3), index, temperature=0.1)
+    assert alone.item() == pytest.approx(
+        bank_cross_entropy(im, bank, index, temperature=0.1).item(), rel=1e-6
+    )
+    # one kind for the whole bank: nothing to learn
+    assert kind_cross_entropy(im, bank, torch.zeros(3, dtype=torch.long), kind, temperature=1.0).item() == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+    # in alignment_loss: its own weight, logged as its own term, at the targets' temperature
+    config = LossConfig(
+        reference_clap=0.0, imitation_reference=0.0, center=False, clap_temperature=1.0, imitation_kind=0.5
+    )
+    args = dict(bank=bank, bank_index=index, bank_kind=bank_kind, kind=kind)
+    total, terms = alignment_loss(im, None, bank[index], config, **args)
+    assert terms["imitation_kind"].item() == pytest.approx(value.item(), rel=1e-6)
+    assert total.item() == pytest.approx(terms["imitation_clap"].item() + 0.5 * value.item(), rel=1e-6)
+    off = LossConfig(**{**config.to_dict(), "imitation_kind": 0.0})
+    assert "imitation_kind" not in alignment_loss(im, None, bank[index], off, **args)[1]
+    with pytest.raises(QvimclapError, match="imitation_kind"):
+        LossConfig(imitation_kind=-1.0)
+    LossConfig(imitation_clap=0, reference_clap=0, imitation_reference=0, imitation_kind=1.0)  # enough alone

@@ -109,6 +109,9 @@ def test_cli_resolves_the_preset_and_records_it(tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--target-negatives", "batch", "--pad-at-end"])
     assert result.exit_code == 0, result.output
     assert not seen["config"].random_pad and seen["config"].loss_config.target_negatives == "batch"
+    assert seen["config"].loss_config.imitation_kind == 1.0
+    result = runner.invoke(app, [*args, "--w-imitation-kind", "0.5"])
+    assert result.exit_code == 0 and seen["config"].loss_config.imitation_kind == 0.5, result.output
     baseline = resolve_align_config(data="d", out="o", preset="qvim-baseline", overrides={"qvim": "m.pt"})
     assert not baseline.random_pad
     for bad, message in [

@@ -113,6 +113,16 @@ def align(
     w_imitation_reference: float = typer.Option(
         None, "--w-imitation-reference", help=_given("", "imitation_reference", True)
     ),
+    w_imitation_kind: float = typer.Option(
+        None,
+        "--w-imitation-kind",
+        help=_given(
+            "Weight of the term that asks each imitation to pick its reference's kind (label) among the "
+            "training targets.",
+            "imitation_kind",
+            True,
+        ),
+    ),
     temperature: float = typer.Option(
         None,
         "--temperature",
@@ -184,6 +194,7 @@ def align(
         "imitation_clap": w_imitation_clap,
         "reference_clap": w_reference_clap,
         "imitation_reference": w_imitation_reference,
+        "imitation_kind": w_imitation_kind,
         "temperature": temperature,
         "clap_temperature": clap_temperature,
         "symmetric": symmetric,

@@ -337,6 +337,8 @@ class _Run:
         self.bank_row = torch.full((len(self.all_targets),), -1, dtype=torch.long, device=device)
         rows = torch.arange(len(train_refs), device=device)
         self.bank_row[torch.as_tensor(train_refs, device=device)] = rows
+        self.reference_kind = data["reference_kind"].to(device)
+        self.bank_kind = self.reference_kind[torch.as_tensor(train_refs, device=device)]
 
     def train_epoch(self, epoch: int, state: dict[str, Any], *, progress: bool) -> int:
         """Step 4 for one epoch; returns the global step count after it.
@@ -386,6 +388,8 @@ class _Run:
                 center=self.center,
                 bank=self.bank,
                 bank_index=self.bank_row[reference_index],
+                bank_kind=self.bank_kind,
+                kind=self.reference_kind[reference_index],
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

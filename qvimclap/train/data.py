@@ -211,4 +211,7 @@ def prepare_data(
             "chance_mrr": chance_mrr(len(val_refs)),
         },
         "paths": {"queries": queries, "references": references},
+        "reference_kind": torch.as_tensor(
+            np.unique([dataset.label_of(r) for r in references], return_inverse=True)[1], dtype=torch.long
+        ),
     }

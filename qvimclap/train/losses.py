@@ -51,6 +51,12 @@ class LossConfig:
     the batch (symmetric InfoNCE); ``"all"``, the targets of every training reference (a cross-entropy over
     all of them, with the targets given to :func:`alignment_loss` as ``bank``). The targets are frozen and
     cached, so all of them cost one ``[B, R]`` product per step.
+
+    ``imitation_kind`` weighs :func:`kind_cross_entropy` of the imitations over those same targets, a
+    target of the imitated sound's kind counting as right (at ``clap_temperature``, whatever ``kind`` and
+    ``target_negatives`` say). It is there because imitations are recognised by kind less well than they are
+    told apart within their kind (bench/results/recipe_sweep.md, session 9). Where every reference is a label
+    of its own (VimSketch), it repeats the imitation-target cross-entropy over all targets.
     """
 
     kind: str = "infonce"
@@ -62,11 +68,13 @@ class LossConfig:
     symmetric: bool = True
     center: bool = True
     target_negatives: str = "all"
+    imitation_kind: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise QvimclapError(f"loss kind {self.kind!r} is not known; use one of {', '.join(LOSS_KINDS)}")
         weights = self.weights()
+        weights["imitation_kind"] = self.imitation_kind
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
             raise QvimclapError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
         if self.target_negatives not in TARGET_NEGATIVES:
@@ -133,6 +141,18 @@ def bank_cross_entropy(
     return F.cross_entropy(logits, index)
 
 
+def kind_cross_entropy(
+    a: torch.Tensor, bank: torch.Tensor, bank_kind: torch.Tensor, kind: torch.Tensor, *, temperature: float
+) -> torch.Tensor:
+    """How surely each row of ``a`` (``[B, D]``) picks its own kind among the rows of ``bank`` (``[R, D]``):
+    ``-log`` of the softmax mass (cosine logits over ``temperature``) on the bank rows whose ``bank_kind``
+    (``[R]``) equals the row's ``kind`` (``[B]``). With every bank row a kind of its own it is
+    :func:`bank_cross_entropy`."""
+    logits = F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
+    same = bank_kind[None, :] == kind[:, None]
+    return -(logits.log_softmax(-1).masked_fill(~same, float("-inf")).logsumexp(-1)).mean()
+
+
 def alignment_loss(
     imitation: torch.Tensor,
     reference: torch.Tensor | None,
@@ -143,6 +163,8 @@ def alignment_loss(
     center: torch.Tensor | None = None,
     bank: torch.Tensor | None = None,
     bank_index: torch.Tensor | None = None,
+    bank_kind: torch.Tensor | None = None,
+    kind: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the configured terms, and each unweighted term (detached) for logging.
 
@@ -150,7 +172,8 @@ def alignment_loss(
     terms that use it have weight 0 (the reference tower is then not run at all). ``center`` (``[D]``, the
     mean CLAP target) is subtracted from all three before comparing when ``config.center`` is set.
     ``bank`` (``[R, D]``, every training reference's target) and ``bank_index`` (``[B]``, each row's
-    reference in it) are needed when ``config.target_negatives == "all"``.
+    reference in it) are needed when ``config.target_negatives == "all"``; ``bank`` with ``bank_kind``
+    (``[R]``, each bank row's kind) and ``kind`` (``[B]``, each row's) when ``config.imitation_kind > 0``.
     """
     all_negatives = config.target_negatives == "all" and config.kind == "infonce"
     if all_negatives:
@@ -181,6 +204,11 @@ def alignment_loss(
             value = info_nce(a, b, temperature=temperature, symmetric=config.symmetric, groups=groups)
         terms[name] = value.detach()
         total = total + weight * value
+    if config.imitation_kind > 0:
+        assert bank is not None and bank_kind is not None and kind is not None, "the kind term needs kinds"
+        value = kind_cross_entropy(imitation, bank, bank_kind, kind, temperature=config.clap_temperature)
+        terms["imitation_kind"] = value.detach()
+        total = total + config.imitation_kind * value
     return total, terms
 
 
