@@ -132,13 +132,18 @@ def info_nce(
     return loss
 
 
+def bank_logits(a: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cosine similarities of the rows of ``a`` (``[B, D]``) to the rows of ``bank`` (``[R, D]``) over
+    ``temperature``: ``[B, R]``."""
+    return F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
+
+
 def bank_cross_entropy(
     a: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, *, temperature: float = 0.07
 ) -> torch.Tensor:
     """Cross-entropy of each row of ``a`` (``[B, D]``) over every row of ``bank`` (``[R, D]``), row
     ``index[i]`` being the class of ``a[i]``; cosine logits divided by ``temperature``."""
-    logits = F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
-    return F.cross_entropy(logits, index)
+    return F.cross_entropy(bank_logits(a, bank, temperature), index)
 
 
 def kind_cross_entropy(
@@ -148,9 +153,9 @@ def kind_cross_entropy(
     ``-log`` of the softmax mass (cosine logits over ``temperature``) on the bank rows whose ``bank_kind``
     (``[R]``) equals the row's ``kind`` (``[B]``). With every bank row a kind of its own it is
     :func:`bank_cross_entropy`."""
-    logits = F.normalize(a, dim=-1, eps=1e-8) @ F.normalize(bank, dim=-1, eps=1e-8).T / temperature
     same = bank_kind[None, :] == kind[:, None]
-    return -(logits.log_softmax(-1).masked_fill(~same, float("-inf")).logsumexp(-1)).mean()
+    log_p = bank_logits(a, bank, temperature).log_softmax(-1)
+    return -log_p.masked_fill(~same, float("-inf")).logsumexp(-1).mean()
 
 
 def alignment_loss(
