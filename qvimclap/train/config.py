@@ -71,7 +71,7 @@ class AlignConfig:
     cache_dir: str | None = None
     device: str = "auto"
     target: str | None = None
-    patience: int | None = 10
+    patience: int | None = 20
     max_minutes: float | None = None
     #: DataLoader worker processes (None: 4 when training on a GPU, 0 on the CPU).
     num_workers: int | None = None
