@@ -37,6 +37,7 @@ import bench_align as ba  # noqa: E402
 from qvimclap.audio import load_audio  # noqa: E402
 from qvimclap.models.aligned import SAMPLE_RATE, AlignedModel  # noqa: E402
 from qvimclap.models.target import load_target  # noqa: E402
+from qvimclap.train.losses import bank_cross_entropy, kind_cross_entropy  # noqa: E402
 
 
 def l2(x: np.ndarray) -> np.ndarray:
@@ -64,16 +65,16 @@ def train_adapter(
     )
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
     x, bank_t = torch.from_numpy(features).float(), torch.from_numpy(bank).float()
-    center_t = torch.from_numpy(center).float()
-    rows, same = torch.from_numpy(target_row), torch.from_numpy(bank_kind[None, :] == kind[:, None])
+    center_t, rows = torch.from_numpy(center).float(), torch.from_numpy(target_row)
+    codes = {name: i for i, name in enumerate(sorted(set(bank_kind)))}
+    bank_codes = torch.tensor([codes[name] for name in bank_kind])
+    kind_codes = torch.tensor([codes[name] for name in kind])
     for _ in range(steps):
         batch = torch.randint(0, len(x), (32,))
-        noisy = x[batch] + 0.1 * torch.randn(32, x.shape[1])
-        z = torch.nn.functional.normalize(net(noisy) - center_t, dim=1)
-        logits = z @ bank_t.T / 0.07
-        total = torch.logsumexp(logits, 1)
-        kind_term = total - torch.logsumexp(logits.masked_fill(~same[batch], -1e9), 1)
-        loss = torch.nn.functional.cross_entropy(logits, rows[batch]) + kind_term.mean()
+        out = net(x[batch] + 0.1 * torch.randn(32, x.shape[1])) - center_t
+        loss = bank_cross_entropy(out, bank_t, rows[batch]) + kind_cross_entropy(
+            out, bank_t, bank_codes, kind_codes[batch], temperature=0.07
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -115,11 +116,11 @@ def main() -> None:
     x_train, x_val = embed(train_queries), embed(val_queries)
     t_train, t_val = embed(train_refs), embed(val_refs)
 
-    module = baseline_logmel
-    bank_mel = module.mel_filterbank(module.NUM_MELS, module.N_FFT, module.SAMPLE_RATE)
+    mel = baseline_logmel
+    bank_mel = mel.mel_filterbank(mel.NUM_MELS, mel.N_FFT, mel.SAMPLE_RATE)
     print(f"family {args.family}: kinds recognised from held-out imitations by a linear probe")
     print(f"- frozen aisfx embedding: {kind_probe(x_train, y_train, x_val, q_labels):.3f}")
-    stats_train, stats_val = module.features(train_queries, bank_mel), module.features(val_queries, bank_mel)
+    stats_train, stats_val = mel.features(train_queries, bank_mel), mel.features(val_queries, bank_mel)
     print(f"- hand-made log-mel statistics: {kind_probe(stats_train, y_train, stats_val, q_labels):.3f}")
     print(f"- majority kind: {max(np.mean(q_labels == k) for k in set(q_labels)):.3f}\n")
 
