@@ -13,6 +13,8 @@ imitations:
    ``run-<family>``), that model's queries, and the sum of its normalised queries and the adapter's;
 
 next to the zero-shot row and the class oracle. The rows are scored as bench_align.py scores its rows.
+The adapter rows come twice: on the aisfx embedding (one adapter), and on statistics of every layer of the
+aisfx network (:func:`layer_statistics`; the mean over ``--adapters`` adapters of different seeds).
 
     .venv/bin/python bench/probe_kind.py --family foley --run /tmp/qvimclap-bench-align/run-foley
 """
@@ -42,6 +44,25 @@ from qvimclap.train.losses import bank_cross_entropy, kind_cross_entropy  # noqa
 
 def l2(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@torch.inference_mode()
+def layer_statistics(encoder, waveform: np.ndarray) -> np.ndarray:
+    """Every conv block's output of the frozen aisfx network on each 2.3 s block of the clip, averaged over
+    frequency, as its mean, max and standard deviation over time; the mean and the max of those over the
+    clip's blocks (``[2 * 3 * (64 + 128 + 256 + 512)]``)."""
+    from qvimclap.models.aisfx import to_blocks
+
+    x = to_blocks(encoder.front_end(torch.from_numpy(waveform)), encoder.config).unsqueeze(1)
+    cnn, stats = encoder.cnn, []
+    for i, block in enumerate((cnn.conv_block1, cnn.conv_block2, cnn.conv_block3, cnn.conv_block4)):
+        x = block(x)
+        over_time = x.mean(dim=3)  # [blocks, C, frames]
+        stats.append(torch.cat([over_time.mean(2), over_time.amax(2), over_time.std(2)], dim=1))
+        if i < 3:
+            x = torch.nn.functional.max_pool2d(x, 2)
+    per_block = torch.cat(stats, dim=1)  # [blocks, D]
+    return torch.cat([per_block.mean(0), per_block.amax(0)]).numpy()
 
 
 def kind_probe(x_train, y_train, x_test, y_test) -> float:
@@ -88,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="corpus and split seed (as bench_align.py)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qvimclap-bench-align"))
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--adapters", type=int, default=5, help="adapters averaged on layer stats")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,10 +138,16 @@ def main() -> None:
     x_train, x_val = embed(train_queries), embed(val_queries)
     t_train, t_val = embed(train_refs), embed(val_refs)
 
+    def layers(paths) -> np.ndarray:
+        return np.stack([layer_statistics(target, load_audio(p, target.sample_rate)) for p in paths])
+
+    l_train, l_val = layers(train_queries), layers(val_queries)
+
     mel = baseline_logmel
     bank_mel = mel.mel_filterbank(mel.NUM_MELS, mel.N_FFT, mel.SAMPLE_RATE)
     print(f"family {args.family}: kinds recognised from held-out imitations by a linear probe")
     print(f"- frozen aisfx embedding: {kind_probe(x_train, y_train, x_val, q_labels):.3f}")
+    print(f"- frozen aisfx layer statistics: {kind_probe(l_train, y_train, l_val, q_labels):.3f}")
     stats_train, stats_val = mel.features(train_queries, bank_mel), mel.features(val_queries, bank_mel)
     print(f"- hand-made log-mel statistics: {kind_probe(stats_train, y_train, stats_val, q_labels):.3f}")
     print(f"- majority kind: {max(np.mean(q_labels == k) for k in set(q_labels)):.3f}\n")
@@ -128,10 +156,14 @@ def main() -> None:
     bank = l2(t_train - center)
     bank_kind = np.array([train_set.label_of(r) for r in train_refs])
     target_row = np.array([train_refs.index(p.reference_path) for p in train_set.pairs])
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    adapter = train_adapter((x_train - mean) / std, target_row, bank, bank_kind, y_train, center)
-    with torch.no_grad():
-        adapted = adapter(torch.from_numpy((x_val - mean) / std).float()).numpy()
+
+    def adapt(features, held_out, seed: int) -> np.ndarray:
+        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        net = train_adapter((features - mean) / std, target_row, bank, bank_kind, y_train, center, seed=seed)
+        with torch.no_grad():
+            return net(torch.from_numpy((held_out - mean) / std).float()).numpy()
+
+    adapted = adapt(x_train, x_val, 0)
 
     def unit(vectors: np.ndarray) -> np.ndarray:  # centred as a default index centres: on the references
         return l2(vectors - t_val.mean(axis=0))
@@ -143,11 +175,14 @@ def main() -> None:
         "zero-shot: aisfx embedding of the imitation": row(unit(x_val)),
         "adapter on the frozen aisfx embedding": row(unit(adapted)),
     }
+    layered = l2(np.mean([unit(adapt(l_train, l_val, seed)) for seed in range(args.adapters)], axis=0))
+    rows[f"adapters on the aisfx layer statistics (mean of {args.adapters})"] = row(layered)
     if args.run is not None:
         model = AlignedModel.from_pretrained(args.run).eval()
         ours = model.embedder("imitation").embed([load_audio(p, SAMPLE_RATE) for p in val_queries])
         rows[f"ours ({args.run.name})"] = row(unit(ours))
         rows["ours + adapter (sum of their unit vectors)"] = row(unit(ours) + unit(adapted))
+        rows["ours + layer-statistics adapters (sum of their unit vectors)"] = row(unit(ours) + layered)
     rows["class oracle"] = ba.class_oracle(bank_kind, t_train, q_labels, t_val, true_ref, r_labels)
     names = ["mrr", "class@1", "within_class_mrr"]
     print("| aisfx space, held out | " + " | ".join(names) + " |")
