@@ -53,14 +53,18 @@ def layer_statistics(encoder, waveform: np.ndarray) -> np.ndarray:
     clip's blocks (``[2 * 3 * (64 + 128 + 256 + 512)]``)."""
     from qvimclap.models.aisfx import to_blocks
 
-    x = to_blocks(encoder.front_end(torch.from_numpy(waveform)), encoder.config).unsqueeze(1)
-    cnn, stats = encoder.cnn, []
-    for i, block in enumerate((cnn.conv_block1, cnn.conv_block2, cnn.conv_block3, cnn.conv_block4)):
-        x = block(x)
-        over_time = x.mean(dim=3)  # [blocks, C, frames]
+    cnn, outputs = encoder.cnn, []
+    conv_blocks = (cnn.conv_block1, cnn.conv_block2, cnn.conv_block3, cnn.conv_block4)
+    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in conv_blocks]
+    try:
+        cnn(to_blocks(encoder.front_end(torch.from_numpy(waveform)), encoder.config))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    stats = []
+    for out in outputs:  # [blocks, C, frames, bands]
+        over_time = out.mean(dim=3)
         stats.append(torch.cat([over_time.mean(2), over_time.amax(2), over_time.std(2)], dim=1))
-        if i < 3:
-            x = torch.nn.functional.max_pool2d(x, 2)
     per_block = torch.cat(stats, dim=1)  # [blocks, D]
     return torch.cat([per_block.mean(0), per_block.amax(0)]).numpy()
 
