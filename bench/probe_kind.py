@@ -129,8 +129,8 @@ def main() -> None:
     _, _, _, train_set, val_set, _ = ba.make_split(split_args)
     target = load_target("aisfx")
 
-    def embed(paths) -> np.ndarray:
-        return target.embed([load_audio(p, target.sample_rate) for p in paths])
+    def decode(paths) -> list[np.ndarray]:
+        return [load_audio(p, target.sample_rate) for p in paths]
 
     train_refs, val_refs = list(train_set.references), list(val_set.references)
     train_queries = [p.query_path for p in train_set.pairs]
@@ -139,13 +139,11 @@ def main() -> None:
     q_labels = np.array([p.label for p in val_set.pairs])
     r_labels = np.array([val_set.label_of(r) for r in val_refs])
     true_ref = np.array([val_refs.index(p.reference_path) for p in val_set.pairs])
-    x_train, x_val = embed(train_queries), embed(val_queries)
-    t_train, t_val = embed(train_refs), embed(val_refs)
-
-    def layers(paths) -> np.ndarray:
-        return np.stack([layer_statistics(target, load_audio(p, target.sample_rate)) for p in paths])
-
-    l_train, l_val = layers(train_queries), layers(val_queries)
+    train_waves, val_waves = decode(train_queries), decode(val_queries)  # each imitation decoded once
+    x_train, x_val = target.embed(train_waves), target.embed(val_waves)
+    t_train, t_val = target.embed(decode(train_refs)), target.embed(decode(val_refs))
+    l_train = np.stack([layer_statistics(target, w) for w in train_waves])
+    l_val = np.stack([layer_statistics(target, w) for w in val_waves])
 
     mel = baseline_logmel
     bank_mel = mel.mel_filterbank(mel.NUM_MELS, mel.N_FFT, mel.SAMPLE_RATE)
