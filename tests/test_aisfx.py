@@ -238,6 +238,16 @@ def test_save_pretrained_round_trip(tiny_encoder: AisfxEncoder, tiny_folder: Pat
     (bad / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="model_type is 'qvim_encoder', expected 'aisfx_encoder'"):
         AisfxEncoder.from_pretrained(bad)
+    (bad / "config.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="model_type is None, expected 'aisfx_encoder'"):
+        AisfxEncoder.from_pretrained(bad)
+    (bad / "config.json").write_text((tiny_folder / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        AisfxEncoder.from_pretrained(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="AisfxEncoder.save_pretrained \\(needs config.json and model"):
+        AisfxEncoder.from_pretrained(bad)
 
 
 # -- the embedder contract --------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ max on that and beats the mean of normalised blocks, and their imitation MRRs ar
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import re
@@ -53,7 +52,7 @@ from torch import Tensor, nn
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError, MissingDependencyError
-from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, load_strict, write_model_folder
+from qvimclap.models.base import l2_normalize, load_strict, read_model_folder, write_model_folder
 from qvimclap.models.mel import kaldi_mel_banks
 
 logger = logging.getLogger(__name__)
@@ -405,30 +404,8 @@ class AisfxEncoder(nn.Module):
 
 def _read_folder(folder: Path) -> tuple[AisfxConfig, dict[str, Tensor], str]:
     """A :meth:`AisfxEncoder.save_pretrained` folder -> its config, weights and source name."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not config_path.is_file() or not weights_path.is_file():
-        raise CheckpointError(
-            f"{folder}: not an aisfx encoder folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}, "
-            "as written by AisfxEncoder.save_pretrained)"
-        )
-    try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    model_type = data.pop("model_type", None) if isinstance(data, dict) else None
-    if model_type != MODEL_TYPE:
-        raise CheckpointError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-    data.pop("qvimclap_version", None)
-    data.pop("source", None)  # where the weights first came from; this folder is the source now
-    config = AisfxConfig.from_dict(data)
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    return config, state, str(folder)
+    data, state = read_model_folder(folder, model_type=MODEL_TYPE, writer="AisfxEncoder.save_pretrained")
+    return AisfxConfig.from_dict(data), state, str(folder)
 
 
 # -- the published checkpoint ------------------------------------------------------------------------------

@@ -77,6 +77,27 @@ def write_model_folder(
     return save_dir
 
 
+def read_model_folder(folder: Path, *, model_type: str, writer: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config (without ``model_type``, the writing version and the original source) and the tensors of a
+    ``save_pretrained`` folder whose config says ``model_type``; anything else raises CheckpointError.
+    ``writer`` names the method that writes such folders, for the message."""
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not config_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(
+            f"{folder}: not a model folder written by {writer} (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    found = data.get("model_type") if isinstance(data, dict) else None
+    if found != model_type:
+        raise CheckpointError(f"{config_path}: model_type is {found!r}, expected {model_type!r}")
+    # where the weights first came from is history: this folder is the source now
+    config = {k: v for k, v in data.items() if k not in ("model_type", "qvimclap_version", "source")}
+    return config, read_safetensors(weights_path)
+
+
 def load_strict(
     module: torch.nn.Module,
     state_dict: Mapping[str, torch.Tensor],

@@ -26,7 +26,6 @@ weights are loaded strictly; a mismatch raises :class:`~qvimclap.errors.Checkpoi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -42,11 +41,10 @@ from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.models.base import (
-    CONFIG_NAME,
     WEIGHTS_NAME,
     l2_normalize,
     load_strict,
-    read_safetensors,
+    read_model_folder,
     write_model_folder,
 )
 from qvimclap.models.mel import MelConfig, MelFrontEnd
@@ -306,24 +304,10 @@ class QvimEncoder(nn.Module):
 
     @classmethod
     def _from_folder(cls, folder: Path) -> QvimEncoder:
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        if not config_path.is_file() or not weights_path.is_file():
-            raise CheckpointError(
-                f"{folder}: not a QVIM encoder folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                "as written by QvimEncoder.save_pretrained)"
-            )
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-        model_type = data.pop("model_type", None)
-        if model_type != MODEL_TYPE:
-            raise CheckpointError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-        data.pop("qvimclap_version", None)
-        data.pop("source", None)  # where the weights first came from; this folder is the source now
+        data, state = read_model_folder(folder, model_type=MODEL_TYPE, writer="QvimEncoder.save_pretrained")
         space = data.pop("space", None)
         encoder = cls(QvimConfig.from_dict(data), source=str(folder), space=space)
-        load_strict(encoder.mn, read_safetensors(weights_path), weights_path)
+        load_strict(encoder.mn, state, folder / WEIGHTS_NAME)
         return encoder
 
     @classmethod
