@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--family", choices=["synth", "foley"], default="foley")
     parser.add_argument("--run", type=Path, help="an aligned model trained on this split's training part")
     parser.add_argument("--seed", type=int, default=0, help="corpus and split seed (as bench_align.py)")
+    parser.add_argument("--train-refs", type=int, default=100, help="as bench_align.py")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qvimclap-bench-align"))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--adapters", type=int, default=5, help="adapters averaged on layer stats")
@@ -119,7 +120,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     split_args = argparse.Namespace(
         family=args.family,
-        train_refs=100,
+        train_refs=args.train_refs,
         val_refs=60,
         imitations=3,
         seed=args.seed,
