@@ -189,6 +189,12 @@ def test_bad_sources_are_refused(tmp_path) -> None:
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(CheckpointError, match="not a CLAP model"):
         ClapEncoder.from_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="model_type None, not a CLAP model"):
+        ClapEncoder.from_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"other/config.json: not valid JSON \(Expecting"):
+        ClapEncoder.from_pretrained(tmp_path / "other")
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     with pytest.raises(CheckpointError, match="diffusers AudioLDM"):

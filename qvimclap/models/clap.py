@@ -445,7 +445,11 @@ def _check_transformers_folder(folder: Path) -> None:
             else ""
         )
         raise CheckpointError(f"{folder}: not a transformers CLAP folder (no config.json).{hint}")
-    model_type = json.loads(config_path.read_text()).get("model_type")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type not in ("clap", "clap_audio_model"):
         raise CheckpointError(
             f"{folder}: config.json has model_type {model_type!r}, not a CLAP model ('clap' or "
