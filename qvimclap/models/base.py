@@ -77,6 +77,14 @@ def write_model_folder(
     return save_dir
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's value; a file that is not valid JSON raises CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+
+
 def read_model_folder(folder: Path, *, model_type: str, writer: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config (without ``model_type``, the writing version and the original source) and the tensors of a
     ``save_pretrained`` folder whose config says ``model_type``; anything else raises CheckpointError.
@@ -86,10 +94,7 @@ def read_model_folder(folder: Path, *, model_type: str, writer: str) -> tuple[di
         raise CheckpointError(
             f"{folder}: not a model folder written by {writer} (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
         )
-    try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    data = read_json(config_path)
     found = data.get("model_type") if isinstance(data, dict) else None
     if found != model_type:
         raise CheckpointError(f"{config_path}: model_type is {found!r}, expected {model_type!r}")

@@ -51,7 +51,7 @@ from qvimclap.audio import is_silent, resample
 from qvimclap.device import module_device
 from qvimclap.errors import AudioError, CheckpointError, SilentAudioError
 from qvimclap.fingerprint import state_dict_sha256
-from qvimclap.models.base import l2_normalize
+from qvimclap.models.base import l2_normalize, read_json
 
 if TYPE_CHECKING:
     from transformers import ClapAudioModelWithProjection, ClapFeatureExtractor
@@ -445,10 +445,7 @@ def _check_transformers_folder(folder: Path) -> None:
             else ""
         )
         raise CheckpointError(f"{folder}: not a transformers CLAP folder (no config.json).{hint}")
-    try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    data = read_json(config_path)
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type not in ("clap", "clap_audio_model"):
         raise CheckpointError(
