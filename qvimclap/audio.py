@@ -99,6 +99,22 @@ def load_audio(
     return prepare_waveform(data, native_rate, sample_rate, source=str(info.path), allow_silent=allow_silent)
 
 
+def check_mono(waveform: np.ndarray, source: str) -> np.ndarray:
+    """An encoder's input check: a non-empty, finite mono ``[T]`` array -> float32 ``[T]``; anything else
+    raises :class:`AudioError` naming ``source`` (a file, or ``waveform <i>`` of a batch)."""
+    x = np.asarray(waveform)
+    if x.ndim != 1:
+        raise AudioError(
+            f"{source}: expected mono audio of shape [T], got shape {list(x.shape)}; mix to mono first"
+        )
+    if x.size == 0:
+        raise AudioError(f"{source}: contains no audio samples (empty clip)")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise AudioError(f"{source}: contains {bad} NaN or infinite samples")
+    return x.astype(np.float32, copy=False)
+
+
 def prepare_waveform(
     waveform: np.ndarray,
     sample_rate: int,

@@ -12,6 +12,7 @@ from qvimclap.audio import (
     SILENCE_PEAK_DBFS,
     audio_info,
     center_crop,
+    check_mono,
     find_audio_files,
     is_silent,
     load_audio,
@@ -190,6 +191,27 @@ def test_prepare_waveform_validates_arrays():
     with pytest.raises(AudioError, match="no audio samples"):
         prepare_waveform(np.zeros(0), SR)
     assert prepare_waveform(tone(440, 0.1, 32000), 32000, 16000).shape == (1600,)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            np.zeros((2, 100), np.float32),
+            r"^waveform 3: expected mono audio of shape \[T\], got shape \[2, 100\]",
+        ),
+        (np.zeros(0, np.float32), r"^waveform 3: contains no audio samples \(empty clip\)$"),
+        (np.array([0.0, np.nan, np.inf]), r"^waveform 3: contains 2 NaN or infinite samples$"),
+    ],
+)
+def test_check_mono_names_the_input_and_the_problem(bad, message):
+    with pytest.raises(AudioError, match=message):
+        check_mono(bad, "waveform 3")
+
+
+def test_check_mono_returns_float32():
+    x = check_mono(np.array([0.5, -0.25]), "a.wav")
+    assert x.dtype == np.float32 and x.tolist() == [0.5, -0.25]
 
 
 def test_pad_or_crop():

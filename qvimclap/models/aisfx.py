@@ -49,9 +49,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qvimclap.audio import check_mono
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
-from qvimclap.errors import AudioError, CheckpointError, MissingDependencyError
+from qvimclap.errors import CheckpointError, MissingDependencyError
 from qvimclap.models.base import l2_normalize, load_strict, read_model_folder, write_model_folder
 from qvimclap.models.mel import kaldi_mel_banks
 
@@ -344,16 +345,8 @@ class AisfxEncoder(nn.Module):
         return pool_blocks(self.cnn(blocks), self.config.pooling)
 
     def _as_tensor(self, waveform: np.ndarray, index: int) -> Tensor:
-        x = np.asarray(waveform)
-        if x.ndim != 1:
-            raise AudioError(
-                f"waveform {index}: expected mono [T], got shape {list(x.shape)}; mix to mono first"
-            )
-        if x.size == 0:
-            raise AudioError(f"waveform {index}: contains no audio samples (empty clip)")
-        if not np.isfinite(x).all():
-            raise AudioError(f"waveform {index}: contains NaN or infinite samples")
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        x = check_mono(waveform, f"waveform {index}")
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     # -- persistence -------------------------------------------------------------------------------
 

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from qvimclap.audio import is_silent, resample
+from qvimclap.audio import check_mono, is_silent, resample
 from qvimclap.device import module_device
-from qvimclap.errors import AudioError, CheckpointError, SilentAudioError
+from qvimclap.errors import CheckpointError, SilentAudioError
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import l2_normalize, read_json
 
@@ -118,7 +118,7 @@ def prepare_audioldm_waveform(waveform: np.ndarray, *, source: str = "<array>") 
     Steps 1-6 of the module docstring. Raises :class:`AudioError` (empty, non-finite, not mono) and
     :class:`SilentAudioError` (silent once the mean is removed).
     """
-    x = _check_waveform(waveform, source).astype(np.float64)
+    x = check_mono(waveform, source).astype(np.float64)
     x = x - x.mean()  # 1. the mean of the whole clip, as AudioLDM's normalize_wav
     if x.shape[0] >= AUDIOLDM_NUM_SAMPLES:  # 2. deterministic: the start of the clip
         x = x[:AUDIOLDM_NUM_SAMPLES]
@@ -138,7 +138,7 @@ def prepare_plain_waveform(waveform: np.ndarray, *, source: str = "<array>") -> 
 
     Shorter clips are returned as they are: the feature extractor repeat-pads them, as CLAP does.
     """
-    x = _check_waveform(waveform, source)
+    x = check_mono(waveform, source)
     if is_silent(x):
         raise SilentAudioError(f"{source}: audio is silent (peak below -60 dBFS); not embedded")
     return np.ascontiguousarray(x[:CLAP_NUM_SAMPLES], dtype=np.float32)
@@ -361,18 +361,6 @@ def audio_model_name(config: Any) -> str:
 def _check_preprocessing(name: str) -> None:
     if name not in PREPROCESSINGS:
         raise CheckpointError(f"preprocessing {name!r} is not known; use one of {', '.join(PREPROCESSINGS)}")
-
-
-def _check_waveform(waveform: np.ndarray, source: str) -> np.ndarray:
-    x = np.asarray(waveform)
-    if x.ndim != 1:
-        raise AudioError(f"{source}: expected mono audio of shape [T], got shape {list(x.shape)}")
-    if x.size == 0:
-        raise AudioError(f"{source}: contains no audio samples (empty clip)")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise AudioError(f"{source}: contains {bad} NaN or infinite samples")
-    return x.astype(np.float32, copy=False)
 
 
 def _check_finite(emb: np.ndarray, start: int, source: str) -> None:

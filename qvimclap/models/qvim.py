@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qvimclap.audio import check_mono
 from qvimclap.config import require_known_keys
 from qvimclap.device import module_device
-from qvimclap.errors import AudioError, CheckpointError
+from qvimclap.errors import CheckpointError
 from qvimclap.models.base import (
     WEIGHTS_NAME,
     l2_normalize,
@@ -201,16 +202,7 @@ class QvimEncoder(nn.Module):
         num_samples = self.config.num_samples
         batch = np.zeros((len(waveforms), num_samples), dtype=np.float32)
         for i, wave in enumerate(waveforms):
-            wave = np.asarray(wave)
-            if wave.ndim != 1:
-                raise AudioError(
-                    f"waveform {i}: expected mono [T], got shape {wave.shape}; mix to mono first"
-                )
-            if wave.size == 0:
-                raise AudioError(f"waveform {i}: empty")
-            if not np.isfinite(wave).all():
-                raise AudioError(f"waveform {i}: contains NaN or Inf samples")
-            clip = wave[:num_samples]
+            clip = check_mono(wave, f"waveform {i}")[:num_samples]
             batch[i, : clip.shape[0]] = clip
         return torch.from_numpy(batch).to(self._device())
 
