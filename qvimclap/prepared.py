@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from qvimclap.errors import DatasetError
 from qvimclap.files import atomic_path
 from qvimclap.fingerprint import fingerprint_id
 
@@ -97,6 +98,13 @@ def prepare_audio(
 
     from qvimclap.audio import load_audio
 
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetError(
+            f"{missing[0]}: listed by the dataset but not found{more}; `qvimclap data check` lists every "
+            "problem"
+        )
     folder = audio_dir(cache_dir, sample_rate, max_duration_s)
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{clip_key(p, root)}.npy" for p in paths]

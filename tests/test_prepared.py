@@ -113,3 +113,23 @@ def test_the_cli_prepares_and_a_second_run_reuses_it(corpus):
     assert result.exit_code == 0, result.output
     assert "8 imitations and 4 references decoded, no targets" in result.output
     assert len(list(next((corpus / ".qvimclap-cache").glob("audio-*")).glob("*.npy"))) == 12
+
+
+def test_a_listed_file_that_is_gone_is_one_line_and_caches_nothing(corpus):
+    from typer.testing import CliRunner
+
+    from qvimclap.cli import app
+    from qvimclap.data import open_dataset
+
+    gone = open_dataset(corpus).queries[1]
+    gone.unlink()
+    for args in (
+        ["prepare", "--data", str(corpus), "--no-target", "--no-progress"],
+        ["align", "--data", str(corpus), "--out", str(corpus.parent / "run"), "--epochs", "1"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{gone}: listed by the dataset but not found" in result.output
+        assert isinstance(result.exception, SystemExit)  # a clean exit, not an exception
+        assert not (corpus / ".qvimclap-cache").exists()
+    assert not (corpus.parent / "run").exists()
