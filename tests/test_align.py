@@ -179,6 +179,11 @@ def test_existing_run_needs_force_and_resume_needs_a_run(corpus, tmp_path):
         train_alignment(tiny_config(corpus, tmp_path / "run"), force=True, progress=False)
     with pytest.raises(StoreError, match="nothing to resume"):
         train_alignment(tiny_config(corpus, tmp_path / "run"), resume=True, progress=False)
+    (tmp_path / "a.wav").write_bytes(b"keep")
+    for force in (False, True):
+        with pytest.raises(StoreError, match=r"a\.wav: is a file, not a run folder; pick another --out"):
+            train_alignment(tiny_config(corpus, tmp_path / "a.wav"), force=force, progress=False)
+    assert (tmp_path / "a.wav").read_bytes() == b"keep"
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(corpus, tmp_path, monkeypatch):

@@ -39,6 +39,8 @@ def prepare_run_dir(out: Path, config: AlignConfig, *, resume: bool, force: bool
     An existing run needs ``force`` to be replaced, unless it never finished an epoch (nothing but
     ``align_config.json`` and logs: a run killed early, which :func:`removed_on_failure` could not clean).
     """
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out}: is a file, not a run folder; pick another --out")
     config_path = out / TRAIN_CONFIG_NAME
     if resume:
         if not config_path.is_file():
