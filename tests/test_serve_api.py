@@ -348,6 +348,9 @@ def test_cli_user_errors(library: tuple[Path, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--index", str(tmp_path / "missing.faiss"), "--port", "0"])
     assert result.exit_code == USER_ERROR_EXIT and "missing.faiss" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli_app, ["serve", "--index", str(library[1]), "--port", "99999"])
+    assert result.exit_code == USER_ERROR_EXIT
+    assert result.stderr.strip() == "Error: --port 99999: a TCP port is 0 to 65535 (0 picks a free one)"
 
 
 def test_models_and_indexes_are_loaded_once(

@@ -15,6 +15,8 @@ from qvimclap.errors import MissingDependencyError, QvimclapError
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; raises QvimclapError when it cannot be had."""
+    if not 0 <= port <= 65535:
+        raise QvimclapError(f"--port {port}: a TCP port is 0 to 65535 (0 picks a free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
