@@ -336,6 +336,9 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
                 f"embeds into {got!r}; pass the target the model was aligned with (--clap)"
             )
         return queries, target_embedder, label
+    path = Path(str(model)[len("aligned:") :] if str(model).startswith("aligned:") else str(model))
+    if not str(model).startswith(("qvim:", "scratch")) and not path.expanduser().exists():
+        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
     if space != "qvim":
         raise CheckpointError(
             f"{model}: not an aligned model folder; a plain QVIM encoder has no target space, use --space "

@@ -87,6 +87,9 @@ def test_unknown_space_and_plain_qvim_in_clap_space_are_refused(hand_dataset):
         evaluate_retrieval(hand_dataset, "whatever", space="text")
     with pytest.raises(CheckpointError, match="use --space qvim"):
         evaluate_retrieval(hand_dataset, "qvim:scratch:mn01", space="clap")
+    for space in ("target", "qvim"):  # a path that is not there is said to be missing, in either space
+        with pytest.raises(CheckpointError, match=r"nowhere/run'?: no such"):
+            evaluate_retrieval(hand_dataset, "/nowhere/run", space=space)
 
 
 def test_cli_align_then_eval_retrieval_end_to_end(tmp_path):
