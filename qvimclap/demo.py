@@ -53,6 +53,9 @@ class DemoResult:
     hit_kinds: list[str | None] = field(default_factory=list)
     generated_path: Path | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    epochs_trained: int = 0
+    best_epoch: int = 0
+    stopped: str | None = None
 
 
 def run_demo(
@@ -94,6 +97,9 @@ def run_demo(
             f"--audioldm needs a CLAP target, and the demo aligns into {target}: AudioLDM is conditioned on "
             "CLAP audio embeddings; pass --target clap:<AudioLDM's CLAP> (or clap:scratch) to generate"
         )
+    settings = {"max_minutes": DEMO_ALIGN_MINUTES, **(align_overrides or {}), "target": target}
+    # Checked before the corpus is made: a wrong target or setting fails now and leaves nothing behind.
+    config = AlignConfig(data=str(out / "corpus"), out=str(out / "model"), seed=seed, **settings)
     logger.info("demo: aligning into %s", target)
     generator = load_audioldm(audioldm) if audioldm is not None else None  # fail before hours of work
     timings: dict[str, float] = {}
@@ -114,8 +120,6 @@ def run_demo(
     )
     lap("synth")
     # 2. align an imitation encoder into the target space (aisfx, or the scratch CLAP)
-    settings = {"max_minutes": DEMO_ALIGN_MINUTES, **(align_overrides or {}), "target": target}
-    config = AlignConfig(data=str(corpus), out=str(out / "model"), seed=seed, **settings)
     result = train_alignment(config, force=force, progress=progress)
     lap("align")
     # 3. retrieval on the held-out references, in both spaces
@@ -123,7 +127,7 @@ def run_demo(
     _, val = split_by_reference(dataset, val_fraction=config.val_fraction, seed=config.seed)
     cache_dir = cache_dir_for(corpus, config.cache_dir)  # the one rule: reuse what align prepared
     reports = {
-        space: evaluate_retrieval(val, result.run_dir, k=5, space=space, cache_dir=cache_dir)
+        space: evaluate_retrieval(dataset, result.run_dir, k=5, space=space, cache_dir=cache_dir, split="val")
         for space in ("target", "qvim")
     }
     lap("evaluate")
@@ -160,6 +164,9 @@ def run_demo(
         hit_kinds=[_kind_of(hit.path, dataset) for hit in ranking[:5]],
         generated_path=generated,
         timings_s=timings,
+        epochs_trained=max((row["epoch"] for row in result.history), default=0),
+        best_epoch=result.best_epoch,
+        stopped=result.stopped,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,8 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
     _, val = split_by_reference(open_dataset(result.corpus_dir), val_fraction=0.3, seed=0)
     assert 3 <= len(val.references) <= 5
     assert set(result.reports) == {"target", "qvim"} and result.target == "clap:scratch"
-    for report in result.reports.values():  # evaluated on the held-out references only
-        assert report.num_references == len(val.references)
+    for report in result.reports.values():  # evaluated on the held-out references only, and says so
+        assert report.num_references == len(val.references) and report.split == "val"
         assert report.num_queries == 2 * len(val.references)
         assert 0.0 < report.metrics["mrr"] <= 1.0
         assert report.chance["mrr"] == np.mean(1.0 / np.arange(1, len(val.references) + 1))
@@ -66,6 +67,11 @@ def test_demo_runs_every_stage_and_outputs_are_usable(tmp_path):
         assert f"| mrr | {report.metrics['mrr']:.4f} | {report.chance['mrr']:.4f} |" in printed
     assert f"found at rank {result.true_rank} of 14" in printed
     assert str(result.generated_path) in printed
+    assert "training: best epoch 1 of 1\n" in printed and "too busy" not in printed  # all its epochs ran
+    # a time budget that ran out in the first epoch is said, with what it means for the scores
+    rushed = format_demo(dataclasses.replace(result, stopped="the time budget of 4.0 min ran out"))
+    assert "training: best epoch 1 of 1; stopped: the time budget of 4.0 min ran out\n" in rushed
+    assert "a first epoch's model, near chance: the machine was too busy or slow" in rushed
 
 
 def test_demo_cli_refuses_an_existing_folder(tmp_path):
@@ -119,3 +125,11 @@ def test_demo_into_aisfx_indexes_and_searches_that_space(tmp_path):
     assert "target space: aisfx (the pretrained aiSFX" in printed
     assert f"found at rank {result.true_rank} of 12" in printed
     assert f"are of the imitated kind ({result.true_kind})" in printed
+
+
+def test_demo_refuses_a_bad_target_before_making_the_corpus(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--target", "bogus", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "target 'bogus' is not a frozen embedder" in result.output
+    assert not out.exists()

@@ -62,7 +62,17 @@ def format_demo(result: DemoResult) -> str:
     from qvimclap.errors import printable
     from qvimclap.generation import DOWNLOAD_HINT
 
-    lines = ["", f"target space: {result.target}{_TARGET_NOTES.get(result.target, '')}", ""]
+    lines = ["", f"target space: {result.target}{_TARGET_NOTES.get(result.target, '')}"]
+    lines.append(
+        f"training: best epoch {result.best_epoch} of {result.epochs_trained}"
+        + (f"; stopped: {result.stopped}" if result.stopped else "")
+    )
+    if result.stopped is not None and result.epochs_trained <= 1:
+        lines.append(
+            "  the scores below are a first epoch's model, near chance: the machine was too busy or slow for "
+            "the time budget to fit more training; run the demo again on an idle machine"
+        )
+    lines.append("")
     for report in result.reports.values():
         title, metrics = report.format().split("\n\n")[:2]  # without the per-class table
         lines.append(f"{title}\n{metrics}\n")

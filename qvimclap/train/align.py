@@ -240,7 +240,7 @@ def _train(
         "stopped": stopped,
     }
     write_json(out / SUMMARY_NAME, summary)
-    return AlignResult(out, best["epoch"], best, history, elapsed, collapsed)
+    return AlignResult(out, best["epoch"], best, history, elapsed, collapsed, stopped)
 
 
 def _validates(epoch: int, steps_per_epoch: int, config: AlignConfig) -> bool:

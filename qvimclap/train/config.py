@@ -139,3 +139,5 @@ class AlignResult:
     history: list[dict[str, Any]]
     elapsed_s: float
     collapsed: bool
+    #: why training ended before ``epochs`` (patience, the time budget), or None
+    stopped: str | None = None
