@@ -321,7 +321,9 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
         aligned, label = model, "aligned model"
     else:
         text = str(model)
-        source = text[len("aligned:") :] if text.startswith("aligned:") else text
+        source = text.removeprefix("aligned:")
+        if not text.startswith(("qvim:", "scratch")) and not Path(source).expanduser().exists():
+            raise CheckpointError(f"{source}: no such model folder or checkpoint file")
         if not text.startswith("qvim:") and is_aligned_model_dir(Path(source).expanduser()):
             aligned, label = AlignedModel.from_pretrained(Path(source).expanduser()).to(_device()), source
     if aligned is not None:
@@ -336,9 +338,6 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
                 f"embeds into {got!r}; pass the target the model was aligned with (--clap)"
             )
         return queries, target_embedder, label
-    path = Path(str(model)[len("aligned:") :] if str(model).startswith("aligned:") else str(model))
-    if not str(model).startswith(("qvim:", "scratch")) and not path.expanduser().exists():
-        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
     if space != "qvim":
         raise CheckpointError(
             f"{model}: not an aligned model folder; a plain QVIM encoder has no target space, use --space "
