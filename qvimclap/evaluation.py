@@ -322,8 +322,6 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
     else:
         text = str(model)
         source = text.removeprefix("aligned:")
-        if not text.startswith(("qvim:", "scratch")) and not Path(source).expanduser().exists():
-            raise CheckpointError(f"{source}: no such model folder or checkpoint file")
         if not text.startswith("qvim:") and is_aligned_model_dir(Path(source).expanduser()):
             aligned, label = AlignedModel.from_pretrained(Path(source).expanduser()).to(_device()), source
     if aligned is not None:
@@ -339,6 +337,9 @@ def _resolve_embedders(model: Any, space: str, clap: Any) -> tuple[Any, Any, str
             )
         return queries, target_embedder, label
     if space != "qvim":
+        # (in QVIM space the QVIM loader says what is missing, and which checkpoints it reads)
+        if not str(model).startswith(("qvim:", "scratch")) and not Path(source).expanduser().exists():
+            raise CheckpointError(f"{source}: no such model folder or checkpoint file")
         raise CheckpointError(
             f"{model}: not an aligned model folder; a plain QVIM encoder has no target space, use --space "
             "qvim or train one with `qvimclap align`"
