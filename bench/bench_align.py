@@ -41,6 +41,7 @@ from qvimclap.data.pairs import write_pairs_csv
 from qvimclap.data.synth import FAMILIES, make_corpus
 from qvimclap.files import atomic_path
 from qvimclap.index import centered
+from qvimclap.models.aligned import AlignedModel
 from qvimclap.models.mel import MelConfig, MelFrontEnd
 from qvimclap.train.align import AlignConfig, epoch_batches, load_waveforms, train_alignment
 from qvimclap.train.losses import info_nce
@@ -287,6 +288,13 @@ def main() -> None:
         space: ev.evaluate_retrieval(val_set, result.run_dir, k=5, space=space, cache_dir=cache_dir)
         for space in ("target", "qvim")
     }
+    towers = {}
+    if config.target_view:  # the same run's towers without the view, for the record
+        model = AlignedModel.from_pretrained(result.run_dir).towers_only()
+        towers = {
+            space: ev.evaluate_retrieval(val_set, model, k=5, space=space, cache_dir=cache_dir)
+            for space in ("target", "qvim")
+        }
     variants = {}
     for item in args.variant:  # the same budget and split, other settings: rows of the recipe sweep
         name, value = item.split("=", 1)
@@ -315,6 +323,7 @@ def main() -> None:
     rows = {
         "ours, QVIM space": ours["qvim"].metrics,
         "ours, target space": ours["target"].metrics,
+        **{f"ours' towers without the view, {name} space": r.metrics for name, r in towers.items()},
         **variants,
     }
     peer_s, peer_steps, target_peer_steps = 0.0, 0, 0

@@ -49,27 +49,9 @@ def l2(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@torch.inference_mode()
 def layer_statistics(encoder, waveform: np.ndarray) -> np.ndarray:
-    """Every conv block's output of the frozen aisfx network on each 2.3 s block of the clip, averaged over
-    frequency, as its mean, max and standard deviation over time; the mean and the max of those over the
-    clip's blocks (``[2 * 3 * (64 + 128 + 256 + 512)]``)."""
-    from qvimclap.models.aisfx import to_blocks
-
-    cnn, outputs = encoder.cnn, []
-    conv_blocks = (cnn.conv_block1, cnn.conv_block2, cnn.conv_block3, cnn.conv_block4)
-    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in conv_blocks]
-    try:
-        cnn(to_blocks(encoder.front_end(torch.from_numpy(waveform)), encoder.config))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    stats = []
-    for out in outputs:  # [blocks, C, frames, bands]
-        over_time = out.mean(dim=3)
-        stats.append(torch.cat([over_time.mean(2), over_time.amax(2), over_time.std(2)], dim=1))
-    per_block = torch.cat(stats, dim=1)  # [blocks, D]
-    return torch.cat([per_block.mean(0), per_block.amax(0)]).numpy()
+    """The frozen aisfx network's layer statistics of one clip (:meth:`AisfxEncoder.layer_statistics`)."""
+    return encoder.layer_statistics([waveform])[0]
 
 
 def kind_split(similarity, true_ref, q_labels, r_labels, oracle_mrr: float) -> dict:

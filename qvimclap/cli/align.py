@@ -163,6 +163,15 @@ def align(
             "speed_perturb",
         ),
     ),
+    target_view: bool = typer.Option(
+        None,
+        "--target-view/--towers-only",
+        help=_given(
+            "After the towers, join the target's own view of each clip to them (an MLP on the frozen "
+            "target's features of an imitation; a reference's target embedding).",
+            "target_view",
+        ),
+    ),
     val_fraction: float = typer.Option(
         None, "--val-fraction", help=_given("References held out.", "val_fraction")
     ),
@@ -211,6 +220,7 @@ def align(
         "clip_duration_s": clip_seconds,
         "random_pad": random_pad,
         "speed_perturb": speed_perturb,
+        "target_view": target_view,
         "epochs": epochs,
         "patience": patience,
         "max_minutes": max_minutes,
@@ -234,6 +244,12 @@ def align(
         f"qvim {best['val_mrr_qvim']:.4f} (chance {result.history[-1].get('chance_mrr', float('nan')):.4f}), "
         f"{result.elapsed_s / 60:.1f} min"
     )
+    if result.target_view is not None:
+        view = result.target_view
+        typer.echo(
+            f"with the target view: validation MRR target {view['val_mrr_clap']:.4f}, "
+            f"qvim {view['val_mrr_qvim']:.4f} (saved)"
+        )
     typer.echo(
         f"model: {printable(result.run_dir)} (config.json + model.safetensors); "
         f"curves: {printable(result.run_dir / 'curves.png')}"

@@ -339,6 +339,34 @@ class AisfxEncoder(nn.Module):
             out.extend(chunk.numpy() for chunk in torch.split(vectors, counts))
         return out
 
+    @torch.inference_mode()
+    def layer_statistics(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Clips -> ``[N, 2 * 3 * (64 + 128 + 256 + 512)]`` float32: every conv block's output on each
+        block of the clip, averaged over frequency, as its mean, max and standard deviation over time; then
+        the mean and the max of those over the clip's blocks. A richer view of the clip than the embedding
+        (the target view's features, :mod:`qvimclap.models.view`)."""
+        cnn, outputs = self.cnn, []
+        conv_blocks = (cnn.conv_block1, cnn.conv_block2, cnn.conv_block3, cnn.conv_block4)
+        hooks = [
+            block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in conv_blocks
+        ]
+        rows = []
+        try:
+            for i, waveform in enumerate(waveforms):
+                outputs.clear()
+                cnn(to_blocks(self.front_end(self._as_tensor(waveform, i)), self.config))
+                stats = []
+                for out in outputs:  # [blocks, C, frames, bands]
+                    over_time = out.float().mean(dim=3)
+                    stats.append(torch.cat([over_time.mean(2), over_time.amax(2), over_time.std(2)], dim=1))
+                per_block = torch.cat(stats, dim=1)  # [blocks, D]
+                rows.append(torch.cat([per_block.mean(0), per_block.amax(0)]).cpu().numpy())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        width = 2 * 3 * 15 * self.config.base_channels  # (1 + 2 + 4 + 8) * base channels, 3 stats, 2 pools
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, width), dtype=np.float32)
+
     def forward(self, waveform: Tensor) -> Tensor:
         """One clip ``[T]`` float32 44.1 kHz -> its pooled, unnormalised embedding ``[512]``."""
         blocks = to_blocks(self.front_end(waveform), self.config)

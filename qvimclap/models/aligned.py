@@ -37,6 +37,7 @@ from qvimclap.errors import AudioError, CheckpointError
 from qvimclap.fingerprint import state_dict_sha256
 from qvimclap.models.base import CONFIG_NAME, WEIGHTS_NAME, l2_normalize, read_safetensors, write_model_folder
 from qvimclap.models.heads import HeadConfig, ProjectionHead
+from qvimclap.models.view import TargetView, TargetViewConfig, target_features
 from qvimclap.models.windows import LONG_INPUT_POLICIES, pool_windows, split_windows
 
 MODEL_TYPE = "qvimclap-aligned"
@@ -62,7 +63,9 @@ class AlignedConfig:
     ``aisfx``, ...; empty in folders saved before targets other than CLAP existed, meaning
     ``clap:<clap_source>``). ``clap_fingerprint`` is the fingerprint of the target embedder (named for CLAP,
     the first target); its ``space`` is the space this model's embeddings live in. ``clap_source`` /
-    ``clap_preprocessing`` describe a CLAP target.
+    ``clap_preprocessing`` describe a CLAP target. ``target_view`` (a
+    :class:`~qvimclap.models.view.TargetViewConfig` dict, or None) adds the target's own view of the audio to
+    both towers' vectors (:mod:`qvimclap.models.view`).
     """
 
     imitation_tower: dict[str, Any]
@@ -76,6 +79,7 @@ class AlignedConfig:
     long_input: str = DEFAULT_LONG_INPUT
     window_hop_s: float | None = None
     target: str = ""
+    target_view: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.clip_duration_s <= 0:
@@ -90,6 +94,8 @@ class AlignedConfig:
                 f"audio is skipped, got {self.window_hop_s}"
             )
         HeadConfig.from_dict(self.head)  # validates early
+        if self.target_view is not None:
+            TargetViewConfig.from_dict(self.target_view)
 
     @property
     def hop_s(self) -> float:
@@ -174,6 +180,18 @@ class AlignedModel(nn.Module):
             self.reference_head = ProjectionHead(HeadConfig.from_dict(config.head))
         for tower in (self.imitation_tower, self.reference_tower):
             tower.mn.classifier.requires_grad_(False)  # kept for strict loading, never trained
+        self.target_view = (
+            None if config.target_view is None else TargetView(TargetViewConfig.from_dict(config.target_view))
+        )
+
+    def with_target_view(self, view: TargetView) -> AlignedModel:
+        """This model's weights and ``view`` as a new model (its config records the view)."""
+        model = type(self)(dataclasses.replace(self.config, target_view=view.config.to_dict()))
+        model.load_state_dict(
+            {**_unique_state_dict(self), **{f"target_view.{k}": v for k, v in view.state_dict().items()}},
+            strict=False,
+        )
+        return model.to(module_device(self.imitation_head)).train(self.training)
 
     @classmethod
     def from_towers(
@@ -227,6 +245,15 @@ class AlignedModel(nn.Module):
         if reference_tower is not None:
             model.reference_tower.load_state_dict(reference_tower.state_dict())
         return model
+
+    def towers_only(self) -> AlignedModel:
+        """This model without its target view (the towers' own vectors), as a new model."""
+        model = type(self)(dataclasses.replace(self.config, target_view=None))
+        model.load_state_dict(
+            {k: v for k, v in _unique_state_dict(self).items() if not k.startswith("target_view.")},
+            strict=False,
+        )
+        return model.to(module_device(self.imitation_head)).train(self.training)
 
     # -- model calls -----------------------------------------------------------------------------------------
 
@@ -293,11 +320,15 @@ class AlignedModel(nn.Module):
             groups["reference_tower"] = _trainable(self.reference_tower)
         return groups
 
-    def embedder(self, tower: str = "imitation") -> AlignedEmbedder:
-        """An :class:`~qvimclap.models.base.AudioEmbedder` over one tower (evaluation mode, no gradients)."""
+    def embedder(self, tower: str = "imitation", *, target: Any = None) -> AlignedEmbedder:
+        """An :class:`~qvimclap.models.base.AudioEmbedder` over one tower (evaluation mode, no gradients).
+
+        A model with a target view loads its target embedder when it first embeds, unless ``target`` (that
+        embedder, already loaded) is given.
+        """
         if tower not in TOWERS:
             raise CheckpointError(f"tower must be one of {', '.join(TOWERS)}, got {tower!r}")
-        return AlignedEmbedder(self, tower)
+        return AlignedEmbedder(self, tower, target=target)
 
     # -- persistence -----------------------------------------------------------------------------------------
 
@@ -362,12 +393,13 @@ class AlignedEmbedder:
     """One tower of an :class:`AlignedModel` as an :class:`~qvimclap.models.base.AudioEmbedder` (CLAP
     space)."""
 
-    def __init__(self, model: AlignedModel, tower: str) -> None:
+    def __init__(self, model: AlignedModel, tower: str, *, target: Any = None) -> None:
         self.model = model
         self.tower = tower
         self.sample_rate = SAMPLE_RATE
         self.embedding_dim = model.embedding_dim
         self._fingerprint: dict[str, Any] | None = None
+        self._target = target
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
@@ -397,6 +429,11 @@ class AlignedEmbedder:
                 "clap_source": model.config.clap_source,
                 "qvimclap_version": __version__,
             }
+            if model.target_view is not None:
+                self._fingerprint["target_view"] = {
+                    "features": model.target_view.config.features,
+                    "weights_sha256": state_dict_sha256(model.target_view.state_dict()),
+                }
         return dict(self._fingerprint)
 
     @torch.no_grad()
@@ -413,12 +450,14 @@ class AlignedEmbedder:
         windows = [self.model.input_windows(w) for w in waveforms]  # N x [W_i, T_i]
         was_training = self.model.training
         self.model.eval()
+        how = "max" if self.model.config.long_input == "windows-max" else "mean"
         try:
             window_vectors = self._embed_windows(windows, batch_size)  # N x [W_i, 512]
+            embeddings = np.stack([pool_windows(v, how) for v in window_vectors])
+            if self.model.target_view is not None and np.isfinite(embeddings).all():
+                embeddings = self._join_view(l2_normalize(embeddings), waveforms)
         finally:
             self.model.train(was_training)
-        how = "max" if self.model.config.long_input == "windows-max" else "mean"
-        embeddings = np.stack([pool_windows(v, how) for v in window_vectors])
         if not np.isfinite(embeddings).all():
             if not all(torch.isfinite(p).all() for p in self.model.parameters()):
                 raise CheckpointError("the aligned model holds NaN or Inf weights; the folder is damaged")
@@ -426,6 +465,39 @@ class AlignedEmbedder:
             bad = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
             raise AudioError(f"waveform {bad}: the model produced NaN or Inf for this clip")
         return l2_normalize(embeddings)
+
+    def target(self) -> Any:
+        """The frozen target embedder of a model with a target view, loaded once; refused when it is not the
+        one the model was aligned to."""
+        if self._target is None:
+            from qvimclap.models.target import load_target
+
+            config = self.model.config
+            self._target = load_target(config.target_spec, clap_preprocessing=config.clap_preprocessing)
+            self._target.to(module_device(self.model.imitation_head))
+        got, want = self._target.fingerprint().get("space"), self.model.config.space
+        if got != want:
+            raise CheckpointError(
+                f"the model's target view needs its target {self.model.config.target_spec!r} of space "
+                f"{want!r}, but that embeds into {got!r}; the target's weights have changed since `align`"
+            )
+        return self._target
+
+    def _join_view(self, embeddings: np.ndarray, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Each clip's tower vector joined with the target's view of it (:mod:`qvimclap.models.view`)."""
+        from qvimclap.audio import resample
+
+        target, view = self.target(), self.model.target_view
+        assert view is not None
+        clips = [
+            resample(np.asarray(w, dtype=np.float32), SAMPLE_RATE, target.sample_rate) for w in waveforms
+        ]
+        if self.tower == "imitation":
+            directions = view.imitation_direction(torch.from_numpy(target_features(target, clips)))
+        else:
+            directions = view.direction(torch.from_numpy(target.embed(clips)).to(view.center))
+        tower = torch.from_numpy(embeddings).to(view.center)
+        return view.join(tower, directions).float().cpu().numpy()
 
     def _embed_windows(self, windows: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Every window through the tower, in batches of windows of equal length; ``[W_i, 512]`` per clip."""

@@ -226,11 +226,12 @@ def _train(
         if stopped is not None:
             logger.info("stopping after epoch %d: %s", epoch, stopped)
             break
-    # 6. curves and summary
+    # 6. the target view (with --target-view), curves and summary
     if rank != 0:
         return None
-    elapsed = time.monotonic() - start_time
     history, best = state["history"], state["best"]
+    viewed = _add_target_view(out, data, target, config) if config.target_view and not collapsed else None
+    elapsed = time.monotonic() - start_time
     plot_curves(history, out / CURVES_NAME)
     summary = {
         "best_epoch": best["epoch"],
@@ -238,9 +239,34 @@ def _train(
         "elapsed_s": elapsed,
         "collapsed": collapsed,
         "stopped": stopped,
+        "target_view": viewed,
     }
     write_json(out / SUMMARY_NAME, summary)
-    return AlignResult(out, best["epoch"], best, history, elapsed, collapsed, stopped)
+    return AlignResult(out, best["epoch"], best, history, elapsed, collapsed, stopped, viewed)
+
+
+def _add_target_view(out: Path, data: dict[str, Any], target: Any, config: AlignConfig) -> dict[str, float]:
+    """Train the target view on the best model's training pairs, save the model with it, and return its
+    validation metrics (the towers' own are the best epoch's)."""
+    from qvimclap.models.aligned import AlignedModel
+    from qvimclap.train.view import fit_target_view
+
+    start = time.monotonic()
+    logger.info("training the target view")
+    model = AlignedModel.from_pretrained(out).with_target_view(
+        fit_target_view(data, target, seed=config.seed)
+    )
+    metrics = validate(model, data["val"], target=target)
+    model.save_pretrained(out)
+    metrics = {**metrics, "seconds": time.monotonic() - start}
+    append_metrics(out, {"event": "target_view", **metrics})
+    logger.info(
+        "target view: val_mrr %.4f (target %.4f, qvim %.4f)",
+        metrics["val_mrr"],
+        metrics["val_mrr_clap"],
+        metrics["val_mrr_qvim"],
+    )
+    return metrics
 
 
 def _validates(epoch: int, steps_per_epoch: int, config: AlignConfig) -> bool:

@@ -77,6 +77,10 @@ class AlignConfig:
     num_workers: int | None = None
     #: bf16 autocast for the QVIM towers when training on a GPU (ignored on the CPU); targets stay float32.
     bf16: bool = True
+    #: After the towers, train the target's own view of the audio and join it to both towers
+    #: (:mod:`qvimclap.models.view`): the frozen target network's features of each imitation, mapped by small
+    #: MLPs into the targets. Costs one target forward pass per training imitation, and one per clip embedded.
+    target_view: bool = False
     #: The preset these settings were resolved from (:mod:`qvimclap.train.presets`), for the record.
     preset: str | None = None
 
@@ -141,3 +145,5 @@ class AlignResult:
     collapsed: bool
     #: why training ended before ``epochs`` (patience, the time budget), or None
     stopped: str | None = None
+    #: with ``target_view``: the validation metrics of the saved model, towers and view joined
+    target_view: dict[str, float] | None = None

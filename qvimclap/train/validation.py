@@ -62,10 +62,11 @@ def recalibrate_batch_norm(
 
 @torch.no_grad()
 def embed_clips(
-    model: AlignedModel, clips: Sequence[np.ndarray], tower: str, batch_size: int = 64
+    model: AlignedModel, clips: Sequence[np.ndarray], tower: str, batch_size: int = 64, *, target: Any = None
 ) -> np.ndarray:
-    """Embed decoded clips with one tower in eval mode (the model's input policy); ``[N, 512]`` float32."""
-    return model.embedder(tower).embed(list(clips), batch_size=batch_size)
+    """Embed decoded clips with one tower in eval mode (the model's input policy); ``[N, 512]`` float32.
+    ``target``: the frozen target embedder, for a model with a target view."""
+    return model.embedder(tower, target=target).embed(list(clips), batch_size=batch_size)
 
 
 def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndarray) -> tuple[float, float]:
@@ -80,10 +81,11 @@ def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndar
     return mrr(ranks), recall_at_k(ranks, 1)
 
 
-def validate(model: AlignedModel, val: dict[str, Any]) -> dict[str, float]:
-    """Validation metrics in both spaces, and the spread statistics of the query embeddings (for collapse)."""
-    queries = embed_clips(model, val["queries"], "imitation")
-    references = embed_clips(model, val["references"], "reference")
+def validate(model: AlignedModel, val: dict[str, Any], *, target: Any = None) -> dict[str, float]:
+    """Validation metrics in both spaces, and the spread statistics of the query embeddings (for collapse).
+    ``target``: the frozen target embedder, for a model with a target view."""
+    queries = embed_clips(model, val["queries"], "imitation", target=target)
+    references = embed_clips(model, val["references"], "reference", target=target)
     clap_mrr, clap_r1 = retrieval_mrr(queries, val["targets"], val["true_ref"])
     qvim_mrr, qvim_r1 = retrieval_mrr(queries, references, val["true_ref"])
     return {
