@@ -629,7 +629,7 @@ def check_output_path(path: Path, force: bool) -> None:
     if path.is_dir():
         raise StoreError(f"{path}: is a folder; give the index a file name, e.g. {path / 'NAME.faiss'}")
     if path.exists() and not force:
-        raise StoreError(f"{path}: index already exists; pass force=True (--force) to overwrite it")
+        raise StoreError(f"{path}: index already exists; pass --force to overwrite it (force=True in Python)")
 
 
 def _deserialize(read: Any, path: Path) -> Any:

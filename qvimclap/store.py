@@ -95,7 +95,9 @@ class EmbeddingStore:
         if path.is_dir():
             raise StoreError(f"{path}: is a folder; give the store a file name, e.g. {path / 'NAME.h5'}")
         if path.exists() and not force:
-            raise StoreError(f"{path}: store already exists; pass force=True (--force) to overwrite it")
+            raise StoreError(
+                f"{path}: store already exists; pass --force to overwrite it (force=True in Python)"
+            )
         if int(dim) <= 0:
             raise StoreError(f"{path}: embedding dim must be positive, got {dim}")
         try:

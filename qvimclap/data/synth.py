@@ -811,7 +811,7 @@ def _check_output(out_dir: Path, *, force: bool) -> None:
     if not out_dir.exists():
         return
     if not force:
-        raise DatasetError(f"{out_dir}: already exists; pass --force (force=True) to replace it")
+        raise DatasetError(f"{out_dir}: already exists; pass --force to replace it (force=True in Python)")
     if out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / CORPUS_JSON).is_file()):
         return
     raise DatasetError(
