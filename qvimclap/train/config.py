@@ -79,7 +79,8 @@ class AlignConfig:
     bf16: bool = True
     #: After the towers, train the target's own view of the audio and join it to both towers
     #: (:mod:`qvimclap.models.view`): the frozen target network's features of each imitation, mapped by small
-    #: MLPs into the targets. Costs one target forward pass per training imitation, and one per clip embedded.
+    #: MLPs into the targets. Costs one target forward pass per training imitation (before the towers train,
+    #: inside ``max_minutes``), and one per clip embedded.
     target_view: bool = False
     #: The preset these settings were resolved from (:mod:`qvimclap.train.presets`), for the record.
     preset: str | None = None

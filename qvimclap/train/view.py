@@ -24,14 +24,27 @@ NOISE = 0.1
 TEMPERATURE = 0.07
 
 
-def fit_target_view(data: dict[str, Any], target: Any, *, seed: int, members: int = 5) -> TargetView:
+def imitation_features(data: dict[str, Any], target: Any) -> np.ndarray:
+    """The ``target`` network's features of every training imitation of ``data``, in the order of their
+    query indices (``[Q, F]``): the view's one costly step."""
+    queries = np.unique(data["train"].pairs[:, 0])
+    return target_features(
+        target, [resample(data["train"].queries[q], SAMPLE_RATE, target.sample_rate) for q in queries]
+    )
+
+
+def fit_target_view(
+    data: dict[str, Any], target: Any, *, seed: int, members: int = 5, features: np.ndarray | None = None
+) -> TargetView:
     """A :class:`TargetView` trained on the training pairs of ``data`` (:func:`~qvimclap.train.data.
-    prepare_data`'s dict) with ``target``, the frozen embedder of the targets."""
+    prepare_data`'s dict) with ``target``, the frozen embedder of the targets; ``features``: its
+    :func:`imitation_features`, when already computed."""
     pairs = data["train"].pairs  # [P, 2]: query index, reference index
-    queries, query_row = np.unique(pairs[:, 0], return_inverse=True)
+    _, query_row = np.unique(pairs[:, 0], return_inverse=True)
     references, bank_row = np.unique(pairs[:, 1], return_inverse=True)
-    clips = [resample(data["train"].queries[q], SAMPLE_RATE, target.sample_rate) for q in queries]
-    features = torch.from_numpy(target_features(target, clips)).double()
+    if features is None:
+        features = imitation_features(data, target)
+    features = torch.from_numpy(features).double()
     targets = data["targets"][references].double()
     view = TargetView(
         TargetViewConfig(
