@@ -268,7 +268,8 @@ def main() -> None:
     config = AlignConfig(data=str(train_csv), out=str(args.work / f"run-{args.family}"), **overrides)
 
     # 2. the targets of every reference (cached, outside the timed training)
-    from qvimclap.prepared import cache_dir_for
+    from qvimclap.models.aligned import SAMPLE_RATE
+    from qvimclap.prepared import cache_dir_for, prepare_dataset
     from qvimclap.targets import clap_targets
     from qvimclap.train.model import load_target_embedder
 
@@ -279,6 +280,18 @@ def main() -> None:
     all_refs = list(dataset.references)
     targets = clap_targets(all_refs, target, root=dataset.root, cache_dir=cache_dir)
     targets_s = time.monotonic() - start
+    features_s = 0.0
+    if config.target_view:  # the target's features of every imitation: cached with the targets, as align does
+        start = time.monotonic()
+        prepare_dataset(
+            dataset,
+            target=target,
+            cache_dir=cache_dir,
+            sample_rate=SAMPLE_RATE,
+            max_duration_s=max(config.clip_duration_s, 10.0),
+            view_features=True,
+        )
+        features_s = time.monotonic() - start
 
     # 3. ours, default settings
     start = time.monotonic()
@@ -377,7 +390,8 @@ def main() -> None:
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in overrides}
     print(
         f"family {args.family}: {len(dataset.references)} references x {args.imitations} imitations "
-        f"(synth {synth_s:.0f} s, targets {targets_s:.0f} s); training part {len(train_refs)} references, "
+        f"(synth {synth_s:.0f} s, targets {targets_s:.0f} s, the view's features {features_s:.0f} s; "
+        "once per corpus, cached, outside the training time); training part {len(train_refs)} references, "
         f"held out {len(references)} references / {len(queries)} imitations; target {target_name}; "
         f"torch threads {torch.get_num_threads()}"
     )

@@ -135,6 +135,8 @@ class PreparedDataset:
     reference_files: list[Path]
     targets: np.ndarray | None
     target_fingerprint: dict[str, Any] | None
+    #: the target network's features of every query (``[Q, F]``, with ``view_features``), else None
+    query_features: np.ndarray | None = None
 
     def query_clips(self) -> list[np.ndarray]:
         return open_clips(self.query_files)
@@ -151,13 +153,16 @@ def prepare_dataset(
     sample_rate: int = 32000,
     max_duration_s: float = 10.0,
     device: str = "auto",
+    view_features: bool = False,
     progress: bool = False,
 ) -> PreparedDataset:
     """Prepare ``data`` (a dataset folder or an opened dataset): decode every query and reference once, and
     embed every reference with ``target`` (any frozen :class:`~qvimclap.models.base.AudioEmbedder`: a CLAP,
-    aisfx, ...; None: no targets) on ``device``. Cached work is reused; a killed run resumes."""
+    aisfx, ...; None: no targets) on ``device``; with ``view_features``, also the target network's features
+    of every query (what ``align --target-view`` trains on). Cached work is reused; a killed run resumes."""
     from qvimclap.data import open_dataset
     from qvimclap.targets import clap_targets
+    from qvimclap.targets import view_features as cached_view_features
 
     dataset = open_dataset(data) if isinstance(data, (str, Path)) else data
     folder = cache_dir_for(dataset.root, cache_dir)
@@ -172,7 +177,12 @@ def prepare_dataset(
         _to_device(target, device)
         targets = clap_targets(references, target, root=dataset.root, cache_dir=folder, progress=progress)
         fingerprint = target.fingerprint()
-    return PreparedDataset(dataset, folder, query_files, reference_files, targets, fingerprint)
+    features = None
+    if view_features and target is not None and query_files:
+        features = cached_view_features(
+            query_files, target, sample_rate=sample_rate, cache_dir=folder, progress=progress
+        )
+    return PreparedDataset(dataset, folder, query_files, reference_files, targets, fingerprint, features)
 
 
 def _to_device(embedder: Any, device: str) -> None:

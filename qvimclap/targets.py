@@ -91,3 +91,65 @@ def _check_fingerprint(stored: dict, expected: dict, path: Path) -> None:
     diff = fingerprint_differences(stored, expected)
     if diff:
         raise StoreError(f"{path}: cached targets were made by another model ({'; '.join(diff)}); delete it")
+
+
+def features_path(cache_dir: Path, fingerprint: dict) -> Path:
+    """Where the target-view features of one target network and decode setting live."""
+    return Path(cache_dir) / f"features-{fingerprint_id(fingerprint)}.h5"
+
+
+def view_features(
+    files: Sequence[Path],
+    target: AudioEmbedder,
+    *,
+    sample_rate: int,
+    cache_dir: Path,
+    progress: bool = False,
+) -> np.ndarray:
+    """The target network's features (:func:`qvimclap.models.view.target_features`) of prepared clips
+    (``files`` of :func:`qvimclap.prepared.prepare_audio`, decoded at ``sample_rate``), ``[N, F]`` float32
+    in the given order, via a cache store as :func:`clap_targets` keeps the targets.
+
+    They are computed from the decoded clips, resampled to the target's rate, exactly as an aligned model's
+    embedder computes them at search time. A row's id is the clip's decode folder and key (item id and file
+    identity), so a rewritten file or another decode setting is computed again, never served stale.
+    """
+    from qvimclap.audio import resample
+    from qvimclap.models.view import feature_kind, target_features
+    from qvimclap.store import EmbeddingStore
+
+    if not files:
+        raise ValueError("view_features needs at least one clip")
+    fingerprint = {
+        "target": target.fingerprint(),
+        "features": feature_kind(target),
+        "input_rate": sample_rate,
+    }
+    path = features_path(cache_dir, fingerprint)
+    ids = [f"{Path(f).parent.name}/{Path(f).stem}" for f in files]
+    have: set[str] = set()
+    if path.exists():
+        with EmbeddingStore.open(path, mode="r") as store:
+            _check_fingerprint(store.fingerprint, fingerprint, path)
+            have = set(store.ids)
+    todo = [(i, f) for i, f in zip(ids, files, strict=True) if i not in have]
+    if todo:
+        from tqdm.auto import tqdm
+
+        logger.info("computing the target's features of %d clips into %s", len(todo), path)
+        for start in tqdm(range(0, len(todo), 64), desc="view features", disable=not progress, leave=False):
+            chunk = todo[start : start + 64]
+            clips = [resample(np.load(f), sample_rate, target.sample_rate) for _, f in chunk]
+            features = np.asarray(target_features(target, clips), dtype=np.float32)
+            bad = ~np.isfinite(features).all(axis=1)
+            if bad.any():
+                raise CheckpointError(
+                    f"the target produced non-finite features for {int(bad.sum())} clip(s); check its weights"
+                )
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                EmbeddingStore.create(path, fingerprint, features.shape[1]).close()
+            with EmbeddingStore.open(path, mode="a") as store:
+                store.append([i for i, _ in chunk], features)
+    with EmbeddingStore.open(path, mode="r") as store:
+        return np.asarray(store.get(ids), dtype=np.float32)

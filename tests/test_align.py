@@ -477,13 +477,18 @@ def test_the_target_is_any_frozen_embedder_and_is_recorded(corpus, tmp_path, mon
     monkeypatch.setattr(
         align_module, "load_target_embedder", lambda config: seen.append(config) or FakeAisfx()
     )
-    result = train_alignment(tiny_config(corpus, tmp_path / "a", epochs=1, target="aisfx"), progress=False)
+    config = tiny_config(corpus, tmp_path / "a", epochs=1, target="aisfx")
+    result = train_alignment(config, progress=False)
     assert seen[0].target_spec == "aisfx"
     model = AlignedModel.from_pretrained(result.run_dir)
     assert model.config.target_spec == "aisfx" and model.config.clap_source == ""
     assert model.embedder().fingerprint()["space"] == "aisfx:fake00000000"
-    assert len(list((corpus / ".qvimclap-cache").glob("*.h5"))) == 2  # one targets store per target space
-    assert tiny_config(corpus, tmp_path, clap="models/clap-s").target_spec == "clap:models/clap-s"
+    assert len(list((corpus / ".qvimclap-cache").glob("clap-*.h5"))) == 2  # targets: a store per space
+    # an aisfx target gets the target view by default (its features cached beside the targets); a CLAP not
+    assert config.target_view is True and model.config.target_view is not None
+    assert len(list((corpus / ".qvimclap-cache").glob("features-*.h5"))) == 1
+    clap_config = tiny_config(corpus, tmp_path, clap="models/clap-s")
+    assert clap_config.target_spec == "clap:models/clap-s" and clap_config.target_view is False
     with pytest.raises(QvimclapError, match="not a frozen embedder"):
         tiny_config(corpus, tmp_path, target="qvim:scratch:mn04")
 

@@ -86,11 +86,14 @@ def test_align_eval_embed_search_with_the_aisfx_target(tmp_path):
     tiny = ["--qvim", "scratch:mn01", "--clip-seconds", "0.5", "--epochs", "1", "--batch-size", "4"]
     both = _cli("align", "--data", corpus, "--out", run, "--target", "aisfx", "--clap", "scratch", *tiny)
     assert both.exit_code == 2 and "shorthand for --target clap:scratch" in both.output
-    trained = _cli("align", "--data", corpus, "--out", run, "--target", "aisfx", "--no-progress", *tiny)
+    # the towers only (the default view is tests/test_view.py's): no view features are computed
+    args = ["align", "--data", corpus, "--out", run, "--target", "aisfx", "--towers-only", "--no-progress"]
+    trained = _cli(*args, *tiny)
     assert trained.exit_code == 0, trained.output
     assert "validation MRR target (aisfx)" in trained.output
     config = json.loads((run / "config.json").read_text())
     assert config["target"] == "aisfx" and config["clap_fingerprint"]["encoder"] == "aisfx"
+    assert config["target_view"] is None
     assert len(list((corpus / ".qvimclap-cache").glob("*.h5"))) == 1  # the aisfx targets, cached
     report = _cli("eval-retrieval", "--data", corpus, "--model", run, "--space", "target", "--json")
     assert report.exit_code == 0, report.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from conftest import tone
 from typer.testing import CliRunner
 
+from qvimclap.audio import write_audio
 from qvimclap.cli import app
 from qvimclap.errors import CheckpointError
 from qvimclap.models.aisfx import AisfxConfig, AisfxEncoder, to_blocks
@@ -102,6 +104,7 @@ def _data(num_refs: int = 6, per_ref: int = 3) -> dict:
         "train": PairDataset(queries, references, pairs, num_samples=116),
         "targets": targets,
         "reference_kind": torch.arange(num_refs) % 2,
+        "query_features": FakeTarget().embed(queries),
     }
 
 
@@ -160,15 +163,30 @@ def test_a_view_refuses_a_target_of_another_space():
 
 
 def test_align_with_the_target_view_from_the_cli(tmp_path):
-    """align --target aisfx --target-view on tiny data; eval-retrieval of the saved model gives the metrics
-    align reported for it, and search goes through it."""
+    """align --target aisfx (the view is on by default for it) on tiny data; eval-retrieval of the saved
+    model gives the metrics align reported for it (align's from cached features, eval's computed afresh)."""
     pytest.importorskip("aisfx")
     from qvimclap.data.synth import make_corpus
 
     corpus = make_corpus(tmp_path / "c", num_references=8, imitations_per_reference=2, seed=1)
+    # prepare caches the view's features first (the default for aisfx), as align would
+    prepared = CliRunner().invoke(
+        app, ["prepare", "--data", str(corpus), "--target", "aisfx", "--no-progress"]
+    )
+    assert prepared.exit_code == 0 and "features of every imitation" in prepared.output, prepared.output
+    assert len(list((corpus / ".qvimclap-cache").glob("features-*.h5"))) == 1
     run = tmp_path / "run"
     tiny = ["--qvim", "scratch:mn01", "--clip-seconds", "0.5", "--epochs", "1", "--batch-size", "4"]
-    args = ["align", "--data", corpus, "--out", run, "--target", "aisfx", "--target-view", "--no-progress"]
+    args = [
+        "align",
+        "--data",
+        corpus,
+        "--out",
+        run,
+        "--target",
+        "aisfx",
+        "--no-progress",
+    ]  # the view: default
     trained = CliRunner().invoke(app, [str(a) for a in [*args, *tiny]])
     assert trained.exit_code == 0, trained.output
     assert "with the target view: validation MRR target" in trained.output
@@ -183,3 +201,41 @@ def test_align_with_the_target_view_from_the_cli(tmp_path):
         assert report.exit_code == 0, report.output
         metrics = json.loads(report.output[report.output.index("{") :])["metrics"]
         assert metrics["mrr"] == pytest.approx(summary[key], abs=1e-4), space
+
+
+def test_view_features_are_computed_once_per_clip_and_recomputed_for_a_rewritten_file(tmp_path):
+    from qvimclap.prepared import prepare_audio
+    from qvimclap.targets import view_features
+
+    clips = [tmp_path / f"{i}.wav" for i in range(3)]
+    for i, path in enumerate(clips):
+        write_audio(path, tone(200.0 + 100 * i, 0.5, 32000), 32000)
+    settings = dict(root=tmp_path, cache_dir=tmp_path / "cache", sample_rate=32000, max_duration_s=10.0)
+    files = prepare_audio(clips, **settings)
+    target = CountingTarget()
+    first = view_features(files, target, sample_rate=32000, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(first, FakeTarget().embed([np.load(f) for f in files]), atol=1e-6)
+    assert target.clips == 3
+    again = view_features(files[::-1], target, sample_rate=32000, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again, first[::-1])
+    assert target.clips == 3  # all from the cache
+    write_audio(clips[1], tone(900.0, 0.5, 32000), 32000)
+    os.utime(clips[1], ns=(1, 1))  # a rewritten file: another identity, another key
+    files = prepare_audio(clips, **settings)
+    changed = view_features(files, target, sample_rate=32000, cache_dir=tmp_path / "cache")
+    assert target.clips == 4
+    np.testing.assert_array_equal(changed[[0, 2]], first[[0, 2]])
+    assert not np.allclose(changed[1], first[1])
+    other = CountingTarget("fake:ffffffffffff")  # another target: another store, never mixed
+    view_features(files, other, sample_rate=32000, cache_dir=tmp_path / "cache")
+    assert other.clips == 3 and len(list((tmp_path / "cache").glob("features-*.h5"))) == 2
+
+
+class CountingTarget(FakeTarget):
+    def __init__(self, space: str = SPACE) -> None:
+        super().__init__(space)
+        self.clips = 0
+
+    def embed(self, waveforms, *, batch_size: int = 16) -> np.ndarray:
+        self.clips += len(waveforms)
+        return super().embed(waveforms, batch_size=batch_size)

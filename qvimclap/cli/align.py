@@ -167,8 +167,8 @@ def align(
         None,
         "--target-view/--towers-only",
         help=_given(
-            "After the towers, join the target's own view of each clip to them (an MLP on the frozen "
-            "target's features of an imitation; a reference's target embedding).",
+            "Join the target's own view of each clip to the towers (an MLP on the frozen target's "
+            "features of an imitation; a reference's target embedding). Default: on for an aisfx target.",
             "target_view",
         ),
     ),
@@ -273,6 +273,12 @@ def prepare(
     clap: str = typer.Option(None, "--clap", help="Shorthand for --target clap:SOURCE."),
     clap_preprocessing: str = typer.Option("audioldm", "--clap-preprocessing", help="For a CLAP target."),
     no_target: bool = typer.Option(False, "--no-target", help="Decode the clips only."),
+    target_view: bool = typer.Option(
+        None,
+        "--target-view/--towers-only",
+        help="Also cache the target's features of every imitation, which align's target view trains on "
+        "(default: for an aisfx target, as align).",
+    ),
     clip_seconds: float = typer.Option(
         _default("clip_duration_s"),
         "--clip-seconds",
@@ -288,13 +294,15 @@ def prepare(
     (what align and eval-retrieval would otherwise do on first use); resumable after a kill."""
     from qvimclap.errors import QvimclapError
     from qvimclap.models.aligned import SAMPLE_RATE
-    from qvimclap.models.target import load_target
+    from qvimclap.models.target import load_target, parse_target
     from qvimclap.prepared import prepare_dataset
 
     if target is not None and clap is not None:
         raise QvimclapError(f"--clap {clap} is the shorthand for --target clap:{clap}; pass one of them")
     spec = target or f"clap:{clap or _default('clap')}"
     embedder = None if no_target else load_target(spec, clap_preprocessing=clap_preprocessing)
+    if target_view is None:
+        target_view = parse_target(spec)[0] == "aisfx"
     prepared = prepare_dataset(
         data,
         target=embedder,
@@ -302,9 +310,12 @@ def prepare(
         sample_rate=SAMPLE_RATE,
         max_duration_s=max(clip_seconds, 10.0),
         device=device,
+        view_features=target_view,
         progress=progress,
     )
     what = "no targets" if embedder is None else f"targets of {spec}"
+    if prepared.query_features is not None:
+        what += " and its features of every imitation (the target view's)"
     typer.echo(
         f"{prepared.cache_dir}: {len(prepared.query_files)} imitations and {len(prepared.reference_files)} "
         f"references decoded, {what}"

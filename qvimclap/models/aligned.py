@@ -437,13 +437,21 @@ class AlignedEmbedder:
         return dict(self._fingerprint)
 
     @torch.no_grad()
-    def embed(self, waveforms: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
+    def embed(
+        self,
+        waveforms: Sequence[np.ndarray],
+        *,
+        batch_size: int = 16,
+        view_inputs: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float32 mono ``[T]`` arrays at 32 kHz, any lengths -> ``[N, 512]`` float32 L2-normalised, in input
         order.
 
         Each clip becomes its windows (:meth:`AlignedModel.input_windows`); ``batch_size`` windows of one
         length go through the tower at a time (eval mode: a window's embedding does not depend on its batch),
-        and each clip's window embeddings are pooled as ``long_input`` says.
+        and each clip's window embeddings are pooled as ``long_input`` says. ``view_inputs``: for a model
+        with a target view, what the target makes of the clips when already computed (the imitation tower:
+        their target features; the reference tower: their target embeddings), in input order.
         """
         if not len(waveforms):
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
@@ -455,7 +463,7 @@ class AlignedEmbedder:
             window_vectors = self._embed_windows(windows, batch_size)  # N x [W_i, 512]
             embeddings = np.stack([pool_windows(v, how) for v in window_vectors])
             if self.model.target_view is not None and np.isfinite(embeddings).all():
-                embeddings = self._join_view(l2_normalize(embeddings), waveforms)
+                embeddings = self._join_view(l2_normalize(embeddings), waveforms, view_inputs)
         finally:
             self.model.train(was_training)
         if not np.isfinite(embeddings).all():
@@ -483,21 +491,31 @@ class AlignedEmbedder:
             )
         return self._target
 
-    def _join_view(self, embeddings: np.ndarray, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+    def _join_view(
+        self, embeddings: np.ndarray, waveforms: Sequence[np.ndarray], inputs: np.ndarray | None
+    ) -> np.ndarray:
         """Each clip's tower vector joined with the target's view of it (:mod:`qvimclap.models.view`)."""
+        view = self.model.target_view
+        assert view is not None
+        if inputs is None:
+            inputs = self._view_inputs(waveforms)
+        inputs_t = torch.from_numpy(np.asarray(inputs, dtype=np.float32))
+        if self.tower == "imitation":
+            directions = view.imitation_direction(inputs_t)
+        else:
+            directions = view.direction(inputs_t.to(view.center))
+        tower = torch.from_numpy(embeddings).to(view.center)
+        return view.join(tower, directions).float().cpu().numpy()
+
+    def _view_inputs(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """The target's features (imitation tower) or embeddings (reference tower) of 32 kHz clips."""
         from qvimclap.audio import resample
 
-        target, view = self.target(), self.model.target_view
-        assert view is not None
+        target = self.target()
         clips = [
             resample(np.asarray(w, dtype=np.float32), SAMPLE_RATE, target.sample_rate) for w in waveforms
         ]
-        if self.tower == "imitation":
-            directions = view.imitation_direction(torch.from_numpy(target_features(target, clips)))
-        else:
-            directions = view.direction(torch.from_numpy(target.embed(clips)).to(view.center))
-        tower = torch.from_numpy(embeddings).to(view.center)
-        return view.join(tower, directions).float().cpu().numpy()
+        return target_features(target, clips) if self.tower == "imitation" else target.embed(clips)
 
     def _embed_windows(self, windows: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Every window through the tower, in batches of windows of equal length; ``[W_i, 512]`` per clip."""

@@ -47,6 +47,7 @@ from torch import nn
 
 from qvimclap.device import resolve_device
 from qvimclap.errors import QvimclapError
+from qvimclap.models.view import TargetView
 from qvimclap.train.config import AlignConfig, AlignResult, TrainingError
 from qvimclap.train.data import (
     PairDataset,
@@ -95,7 +96,7 @@ from qvimclap.train.validation import (
     retrieval_mrr,
     validate,
 )
-from qvimclap.train.view import fit_target_view, imitation_features
+from qvimclap.train.view import fit_target_view
 
 # The names this module always offered, now defined in the module of their concept.
 __all__ = [
@@ -174,8 +175,8 @@ def _train(
             "lower --batch-size"
         )
     # 3. model, optimiser, schedule (or all of them from the last checkpoint)
-    # the target view's features first, so that a time budget covers them
-    view_features = imitation_features(data, target) if config.target_view and rank == 0 else None
+    # the target view first (it needs no tower), so that a time budget covers it
+    view = fit_target_view(data, target, seed=config.seed) if config.target_view and rank == 0 else None
     model = build_model(config, data["fingerprint"]).to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -234,8 +235,8 @@ def _train(
         return None
     history, best = state["history"], state["best"]
     viewed = None
-    if view_features is not None and not collapsed:
-        viewed = _add_target_view(out, data, target, config, view_features)
+    if view is not None and not collapsed:
+        viewed = _add_target_view(out, data, target, view)
     elapsed = time.monotonic() - start_time
     plot_curves(history, out / CURVES_NAME)
     summary = {
@@ -250,16 +251,12 @@ def _train(
     return AlignResult(out, best["epoch"], best, history, elapsed, collapsed, stopped, viewed)
 
 
-def _add_target_view(
-    out: Path, data: dict[str, Any], target: Any, config: AlignConfig, features: np.ndarray
-) -> dict[str, float]:
-    """Train the target view on the best model's training pairs, save the model with it, and return its
-    validation metrics (the towers' own are the best epoch's)."""
+def _add_target_view(out: Path, data: dict[str, Any], target: Any, view: TargetView) -> dict[str, float]:
+    """Join the trained target view to the best model, save it, and return its validation metrics (the
+    towers' own are the best epoch's)."""
     from qvimclap.models.aligned import AlignedModel
 
     start = time.monotonic()
-    logger.info("training the target view")
-    view = fit_target_view(data, target, seed=config.seed, features=features)
     model = AlignedModel.from_pretrained(out).with_target_view(view)
     metrics = validate(model, data["val"], target=target)
     model.save_pretrained(out)

@@ -77,11 +77,12 @@ class AlignConfig:
     num_workers: int | None = None
     #: bf16 autocast for the QVIM towers when training on a GPU (ignored on the CPU); targets stay float32.
     bf16: bool = True
-    #: After the towers, train the target's own view of the audio and join it to both towers
-    #: (:mod:`qvimclap.models.view`): the frozen target network's features of each imitation, mapped by small
-    #: MLPs into the targets. Costs one target forward pass per training imitation (before the towers train,
-    #: inside ``max_minutes``), and one per clip embedded.
-    target_view: bool = False
+    #: Join the target's own view of the audio to both towers (:mod:`qvimclap.models.view`): the frozen
+    #: target network's features of each imitation, mapped by small MLPs into the targets (trained before the
+    #: towers, inside ``max_minutes``). The features cost one target forward pass per imitation, once: they
+    #: are cached with the targets; embedding costs one per clip. None: on for an aisfx target, where it was
+    #: measured (bench/results/recipe_sweep.md), off for a CLAP; the config records what it resolved to.
+    target_view: bool | None = None
     #: The preset these settings were resolved from (:mod:`qvimclap.train.presets`), for the record.
     preset: str | None = None
 
@@ -93,7 +94,9 @@ class AlignConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise QvimclapError(f"{f.name} must be a finite number, got {value}")
-        parse_target(self.target_spec)  # validates
+        kind, _ = parse_target(self.target_spec)  # validates
+        if self.target_view is None:
+            object.__setattr__(self, "target_view", kind == "aisfx")
         if (self.patience is not None and self.patience < 1) or (
             self.max_minutes is not None and self.max_minutes <= 0
         ):

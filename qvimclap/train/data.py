@@ -176,6 +176,7 @@ def prepare_data(
         sample_rate=SAMPLE_RATE,
         max_duration_s=max(config.clip_duration_s, 10.0),
         device=config.device,
+        view_features=config.target_view and rank == 0,
         progress=progress,
     )
     if rank == 0:  # rank 0 decodes and embeds what is missing; then every rank maps the same cache
@@ -183,7 +184,7 @@ def prepare_data(
     barrier(world)
     if rank != 0:
         prepared = prepare_dataset(dataset, **{**settings, "progress": False})
-    targets = prepared.targets
+    targets, features = prepared.targets, prepared.query_features
     references, queries = list(dataset.references), list(dataset.queries)
     reference_index = {p: i for i, p in enumerate(references)}
     query_index = {p: i for i, p in enumerate(queries)}
@@ -209,7 +210,9 @@ def prepare_data(
             "targets": targets[val_refs],
             "true_ref": np.array([local[r] for r in val_pairs[:, 1]]),
             "chance_mrr": chance_mrr(len(val_refs)),
+            "query_features": None if features is None else features[val_pairs[:, 0]],
         },
+        "query_features": features,
         "paths": {"queries": queries, "references": references},
         "reference_kind": torch.as_tensor(
             np.unique([dataset.label_of(r) for r in references], return_inverse=True)[1], dtype=torch.long

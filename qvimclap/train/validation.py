@@ -62,11 +62,19 @@ def recalibrate_batch_norm(
 
 @torch.no_grad()
 def embed_clips(
-    model: AlignedModel, clips: Sequence[np.ndarray], tower: str, batch_size: int = 64, *, target: Any = None
+    model: AlignedModel,
+    clips: Sequence[np.ndarray],
+    tower: str,
+    batch_size: int = 64,
+    *,
+    target: Any = None,
+    view_inputs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embed decoded clips with one tower in eval mode (the model's input policy); ``[N, 512]`` float32.
-    ``target``: the frozen target embedder, for a model with a target view."""
-    return model.embedder(tower, target=target).embed(list(clips), batch_size=batch_size)
+    ``target``: the frozen target embedder, for a model with a target view; ``view_inputs``: what it makes
+    of the clips, when already computed (:meth:`~qvimclap.models.aligned.AlignedEmbedder.embed`)."""
+    embedder = model.embedder(tower, target=target)
+    return embedder.embed(list(clips), batch_size=batch_size, view_inputs=view_inputs)
 
 
 def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndarray) -> tuple[float, float]:
@@ -83,8 +91,11 @@ def retrieval_mrr(queries: np.ndarray, references: np.ndarray, true_ref: np.ndar
 
 def validate(model: AlignedModel, val: dict[str, Any], *, target: Any = None) -> dict[str, float]:
     """Validation metrics in both spaces, and the spread statistics of the query embeddings (for collapse).
-    ``target``: the frozen target embedder, for a model with a target view."""
-    queries = embed_clips(model, val["queries"], "imitation", target=target)
+    ``target``: the frozen target embedder, for a model with a target view (``val["query_features"]``, when
+    present, are its features of the imitations)."""
+    queries = embed_clips(
+        model, val["queries"], "imitation", target=target, view_inputs=val.get("query_features")
+    )
     references = embed_clips(model, val["references"], "reference", target=target)
     clap_mrr, clap_r1 = retrieval_mrr(queries, val["targets"], val["true_ref"])
     qvim_mrr, qvim_r1 = retrieval_mrr(queries, references, val["true_ref"])

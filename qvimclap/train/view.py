@@ -1,9 +1,10 @@
 """Train the target view's imitation MLPs (``align --target-view``; :mod:`qvimclap.models.view`).
 
-After the towers: the frozen target network's features of every training imitation are computed once, and
-each member MLP learns to map them into the training references' targets with align's loss (the
-cross-entropy over every training target, plus the kind term), on standardised features with Gaussian
-noise. Seconds per member on a CPU; the features cost one target forward pass per imitation.
+The frozen target network's features of every imitation are computed once and cached with the targets
+(:func:`qvimclap.targets.view_features`); each member MLP learns to map them into the training references'
+targets with align's loss (the cross-entropy over every training target, plus the kind term), on
+standardised features with Gaussian noise. Seconds per member on a CPU; the features cost one target forward
+pass per imitation, once.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qvimclap.audio import resample
-from qvimclap.models.aligned import SAMPLE_RATE
-from qvimclap.models.view import TargetView, TargetViewConfig, feature_kind, member, target_features
+from qvimclap.models.view import TargetView, TargetViewConfig, feature_kind, member
 from qvimclap.train.losses import bank_cross_entropy, kind_cross_entropy
 
 STEPS = 600
@@ -24,27 +23,16 @@ NOISE = 0.1
 TEMPERATURE = 0.07
 
 
-def imitation_features(data: dict[str, Any], target: Any) -> np.ndarray:
-    """The ``target`` network's features of every training imitation of ``data``, in the order of their
-    query indices (``[Q, F]``): the view's one costly step."""
-    queries = np.unique(data["train"].pairs[:, 0])
-    return target_features(
-        target, [resample(data["train"].queries[q], SAMPLE_RATE, target.sample_rate) for q in queries]
-    )
-
-
-def fit_target_view(
-    data: dict[str, Any], target: Any, *, seed: int, members: int = 5, features: np.ndarray | None = None
-) -> TargetView:
+def fit_target_view(data: dict[str, Any], target: Any, *, seed: int, members: int = 5) -> TargetView:
     """A :class:`TargetView` trained on the training pairs of ``data`` (:func:`~qvimclap.train.data.
-    prepare_data`'s dict) with ``target``, the frozen embedder of the targets; ``features``: its
-    :func:`imitation_features`, when already computed."""
+    prepare_data`'s dict, made with ``target_view``: it holds the target network's features of every query)
+    with ``target``, the frozen embedder of the targets."""
+    if data.get("query_features") is None:
+        raise ValueError("fit_target_view needs prepare_data's query_features (AlignConfig.target_view)")
     pairs = data["train"].pairs  # [P, 2]: query index, reference index
     _, query_row = np.unique(pairs[:, 0], return_inverse=True)
     references, bank_row = np.unique(pairs[:, 1], return_inverse=True)
-    if features is None:
-        features = imitation_features(data, target)
-    features = torch.from_numpy(features).double()
+    features = torch.from_numpy(data["query_features"][np.unique(pairs[:, 0])]).double()
     targets = data["targets"][references].double()
     view = TargetView(
         TargetViewConfig(
