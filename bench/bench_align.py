@@ -391,7 +391,7 @@ def main() -> None:
     print(
         f"family {args.family}: {len(dataset.references)} references x {args.imitations} imitations "
         f"(synth {synth_s:.0f} s, targets {targets_s:.0f} s, the view's features {features_s:.0f} s; "
-        "once per corpus, cached, outside the training time); training part {len(train_refs)} references, "
+        f"once per corpus, cached, outside the training time); training part {len(train_refs)} references, "
         f"held out {len(references)} references / {len(queries)} imitations; target {target_name}; "
         f"torch threads {torch.get_num_threads()}"
     )
