@@ -294,7 +294,7 @@ def prepare(
     (what align and eval-retrieval would otherwise do on first use); resumable after a kill."""
     from qvimclap.errors import QvimclapError
     from qvimclap.models.aligned import SAMPLE_RATE
-    from qvimclap.models.target import load_target, parse_target
+    from qvimclap.models.target import load_target, target_view_by_default
     from qvimclap.prepared import prepare_dataset
 
     if target is not None and clap is not None:
@@ -302,7 +302,7 @@ def prepare(
     spec = target or f"clap:{clap or _default('clap')}"
     embedder = None if no_target else load_target(spec, clap_preprocessing=clap_preprocessing)
     if target_view is None:
-        target_view = parse_target(spec)[0] == "aisfx"
+        target_view = target_view_by_default(spec)
     prepared = prepare_dataset(
         data,
         target=embedder,

@@ -29,6 +29,12 @@ def parse_target(spec: str) -> tuple[str, str]:
     )
 
 
+def target_view_by_default(spec: str) -> bool:
+    """Whether align joins the target view to the towers when not told (and prepare caches its features):
+    for an aisfx target, where it was measured (bench/results/recipe_sweep.md, sessions 14-15)."""
+    return parse_target(spec)[0] == "aisfx"
+
+
 def is_clap_target(spec: str) -> bool:
     """Whether ``spec`` names a CLAP space (the only kind AudioLDM is conditioned on)."""
     return parse_target(spec)[0] == "clap"

@@ -87,16 +87,16 @@ class AlignConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        from qvimclap.models.target import parse_target
+        from qvimclap.models.target import parse_target, target_view_by_default
 
         LossConfig.from_dict(self.loss)  # validates
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise QvimclapError(f"{f.name} must be a finite number, got {value}")
-        kind, _ = parse_target(self.target_spec)  # validates
+        parse_target(self.target_spec)  # validates
         if self.target_view is None:
-            object.__setattr__(self, "target_view", kind == "aisfx")
+            object.__setattr__(self, "target_view", target_view_by_default(self.target_spec))
         if (self.patience is not None and self.patience < 1) or (
             self.max_minutes is not None and self.max_minutes <= 0
         ):
