@@ -28,7 +28,7 @@ from qvimclap.train.align import (
     train_alignment,
     warmup_cosine,
 )
-from qvimclap.train.optim import budget_epochs, fit_schedule_to_budget
+from qvimclap.train.optim import another_epoch_fits, budget_epochs, fit_schedule_to_budget
 from qvimclap.train.run_dir import load_checkpoint
 
 
@@ -453,9 +453,54 @@ def test_small_epochs_validate_every_few_epochs_and_patience_waits_for_a_validat
     )
 
 
+def test_a_time_budget_is_a_ceiling_no_epoch_starts_that_could_not_end_in_it():
+    # 10 min, one epoch trained by 8 min: 90 s more training, a 20 s validation at the end, fits exactly
+    fits = dict(train_s=90.0, validation_s=20.0, validates_now=False, tail_s=0.0)
+    assert another_epoch_fits(490.0, 600.0, **fits)
+    assert not another_epoch_fits(490.5, 600.0, **fits)
+    # this epoch's own validation, and what follows the last epoch (the view's validation), count too
+    assert not another_epoch_fits(490.0, 600.0, **{**fits, "validates_now": True})
+    assert not another_epoch_fits(490.0, 600.0, **{**fits, "tail_s": 20.0})
+    assert another_epoch_fits(450.0, 600.0, **{**fits, "tail_s": 20.0, "validates_now": True})
+    # a spent budget never fits another epoch, however cheap
+    assert not another_epoch_fits(
+        601.0, 600.0, train_s=0.0, validation_s=0.0, validates_now=False, tail_s=0.0
+    )
+
+
+def test_training_under_a_budget_ends_within_it(corpus, tmp_path, monkeypatch):
+    """A clock that epochs advance by 60 s and validations by 10 s: a 5-minute budget fits four epochs
+    (the fourth ends, validated, at 280 s; a fifth would end at 350 s), and the cosine was fitted to four."""
+    import types
+
+    import qvimclap.train.align as align_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(align_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+
+    def costs(seconds, method):
+        def timed(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            clock["now"] += seconds
+            return result
+
+        return timed
+
+    monkeypatch.setattr(align_module._Run, "train_epoch", costs(60.0, align_module._Run.train_epoch))
+    monkeypatch.setattr(align_module._Run, "end_epoch", costs(10.0, align_module._Run.end_epoch))
+    run = train_alignment(tiny_config(corpus, tmp_path / "b", epochs=30, max_minutes=5), progress=False)
+    assert [r["epoch"] for r in run.history if r["event"] == "val"] == [1, 2, 3, 4]
+    assert run.elapsed_s == pytest.approx(280.0) and run.elapsed_s <= 300
+    assert run.stopped == "the time budget of 5 min had no room for another epoch"
+    schedule = [r for r in read_metrics(run.run_dir) if r["event"] == "schedule"]
+    assert schedule == [{"event": "schedule", "epoch": 1, "cosine_ends_at_epoch": 4}]
+
+
 def test_a_time_budget_fits_the_cosine_to_where_the_run_will_stop():
-    # 10 min budget, first epoch took 2 min and ended at 2.5 min: epochs 2-5 start before 10 min, 5 is last
-    assert budget_epochs(100, 1, remaining_s=450, epoch_s=120) == 5
+    # 10 min budget, first epoch took 2 min and ended at 2.5 min: three more whole epochs end by 10 min
+    # (2.5 + 3 x 2 = 8.5; a fourth would end at 10.5), so epoch 4 is the last
+    assert budget_epochs(100, 1, remaining_s=450, epoch_s=120) == 4
+    assert budget_epochs(100, 1, remaining_s=480, epoch_s=120) == 5  # exactly four more
     assert budget_epochs(3, 1, remaining_s=450, epoch_s=120) == 3  # never past config.epochs
     assert budget_epochs(100, 4, remaining_s=-5, epoch_s=120) == 4  # spent: this epoch is the last
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -20,8 +20,10 @@ def _test_signal(num_samples: int = 32000) -> np.ndarray:
     return 0.5 * np.sin(2 * np.pi * 440 * n / 32000) + 0.1 * np.sin(2 * np.pi * 3000 * n / 32000)
 
 
+# float32 log is exact only to an ulp, and which way it rounds depends on the CPU's vector math (one torch
+# build differs between machines): an ulp of a mel value near 3500 is 2.4e-4, over a band 27 mel wide ~1e-5
 @pytest.mark.parametrize(
-    "dtype, name, atol", [(torch.float32, "float32", 1e-7), (torch.float64, "float64", 1e-12)]
+    "dtype, name, atol", [(torch.float32, "float32", 2.5e-5), (torch.float64, "float64", 1e-12)]
 )
 def test_mel_bank_equals_reference(reference_dir, dtype, name, atol):
     expected = np.load(reference_dir / "efficientat" / BANK.format(name))

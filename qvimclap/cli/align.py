@@ -80,7 +80,9 @@ def align(
     max_minutes: float = typer.Option(
         None,
         "--max-minutes",
-        help=_given("Stop after the epoch in which this much time ran out.", "max_minutes"),
+        help=_given(
+            "A ceiling on the run's wall time: no epoch starts that could not end within it.", "max_minutes"
+        ),
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", help=_given("Pairs per step (global).", "batch_size")

@@ -15,8 +15,9 @@
    target space (imitation tower vs the references' targets; CLAP space by default) and in QVIM space
    (imitation tower vs reference tower), a collapse check, an epoch checkpoint, and the best model so far
    (highest validation MRR, the mean of both spaces) written to the run folder as an aligned model folder;
-   then an early stop when ``patience`` epochs brought no better model or ``max_minutes`` ran out (with a
-   budget, the cosine is fitted after the first epoch to end where the budget will stop the run);
+   then an early stop when ``patience`` epochs brought no better model or when another epoch would not end
+   within ``max_minutes`` (a ceiling on the whole run; the cosine is fitted after the first epoch to end
+   where the budget will stop the run);
 6. a PNG of the curves and ``summary.json``.
 
 The run folder ``out`` holds: ``config.json`` + ``model.safetensors`` (the best model; load it with
@@ -63,6 +64,7 @@ from qvimclap.train.distributed import barrier, from_rank0, gather_to_all, init_
 from qvimclap.train.losses import alignment_loss, needs_reference
 from qvimclap.train.model import build_model, load_clap, load_target_embedder
 from qvimclap.train.optim import (
+    another_epoch_fits,
     budget_epochs,
     build_optimizer,
     fit_schedule_to_budget,
@@ -199,26 +201,44 @@ def _train(
     # 4-5. epochs, each followed by validation, a checkpoint and the best model so far; early stop by
     # validation (patience) or by the time budget
     first = state["epoch"] + 1
+    budget_s = None if config.max_minutes is None else 60 * config.max_minutes
+    train_times: list[float] = []
+    validation_s = 0.0  # until the first validation says what one costs
     for epoch in range(first, config.epochs + 1):
         epoch_start = time.monotonic()
         state["step"] = run.train_epoch(epoch, state, progress=progress)
         trained = time.monotonic()
+        train_times.append(trained - epoch_start)
+        validates_now = _validates(epoch, steps_per_epoch, config)
+        # the budget is a ceiling: no epoch starts that could not end (validated, and the view joined) in it
         out_of_time = from_rank0(
-            config.max_minutes is not None and trained - start_time >= 60 * config.max_minutes, world
+            budget_s is not None
+            and not another_epoch_fits(
+                trained - start_time,
+                budget_s,
+                train_s=sum(train_times) / len(train_times),
+                validation_s=validation_s,
+                validates_now=validates_now,
+                tail_s=validation_s if view is not None else 0.0,
+            ),
+            world,
         )
-        validated = out_of_time or _validates(epoch, steps_per_epoch, config)
+        validated = out_of_time or validates_now
         if validated:
             # each rank's random streams go into the checkpoint, so that every rank resumes its own
             other_rngs = gather_to_all(rng_state() if rank else None, world)[1:]
             if rank == 0:
                 collapsed = run.end_epoch(epoch, state, other_rngs)
             barrier(world)
-        if epoch == first and config.max_minutes is not None:
+            validation_s = time.monotonic() - trained
+        if epoch == first and budget_s is not None:
             now = time.monotonic()
-            # an epoch's cost: its training, and its share of the validations
+            # an epoch's cost: its training, and its share of the validations; the last epoch's validation
+            # and the view's are set aside
             share = min(1.0, steps_per_epoch / config.validate_every_steps)
-            epoch_s = (trained - epoch_start) + share * (now - trained)
-            last = budget_epochs(config.epochs, epoch, 60 * config.max_minutes - (now - start_time), epoch_s)
+            epoch_s = train_times[-1] + share * validation_s
+            tail_s = validation_s * (2 if view is not None else 1)
+            last = budget_epochs(config.epochs, epoch, budget_s - (now - start_time) - tail_s, epoch_s)
             last = from_rank0(last, world)
             fit_schedule_to_budget(scheduler, last, steps_per_epoch)
             if rank == 0:
@@ -294,7 +314,7 @@ def _stop_reason(
     validation results live on rank 0, so the patience rule is broadcast from there; ``out_of_time`` already
     was."""
     if out_of_time:
-        return f"the time budget of {config.max_minutes} min ran out"
+        return f"the time budget of {config.max_minutes} min had no room for another epoch"
     if not validated or config.patience is None:
         return None
     waited = epoch - state["best"]["epoch"] >= config.patience if rank == 0 else False

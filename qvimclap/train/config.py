@@ -32,8 +32,9 @@ class AlignConfig:
     ``target`` names the frozen embedder the model is aligned into by an embedder spec (``clap:scratch``,
     ``clap:<path>``, ``aisfx``, ``aisfx:<path>``); None means ``clap:<clap>``, so ``clap`` is shorthand for
     a CLAP target and ``clap_preprocessing`` applies to CLAP targets only. Training runs at most ``epochs``
-    epochs and stops earlier after ``patience`` epochs without a better validation MRR, or after the
-    epoch in which ``max_minutes`` of wall time ran out (the best epoch is kept either way).
+    epochs and stops earlier after ``patience`` epochs without a better validation MRR, or after the last
+    epoch that can end within ``max_minutes`` of wall time (a ceiling on the whole run,
+    its data preparation included; at least one epoch runs; the best epoch is kept either way).
     """
 
     data: str

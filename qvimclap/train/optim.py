@@ -32,11 +32,28 @@ warmup_cosine = WarmupCosine
 
 
 def budget_epochs(epochs: int, epoch: int, remaining_s: float, epoch_s: float) -> int:
-    """The epoch after which a time-budgeted run will stop: it stops after the epoch in which the budget runs
-    out, so after ``epoch`` (which lasted ``epoch_s``, with ``remaining_s`` of the budget left) every epoch
-    that starts before the budget is spent still runs; never more than ``epochs``."""
-    more = math.ceil(max(0.0, remaining_s) / max(epoch_s, 1e-9))
+    """The epoch after which a time-budgeted run will stop: a run starts another epoch only when it can end
+    within the budget, so after ``epoch`` (with ``remaining_s`` of the budget left for epochs of
+    ``epoch_s`` each) as many whole epochs as fit still run; never more than ``epochs``."""
+    more = math.floor(max(0.0, remaining_s) / max(epoch_s, 1e-9))
     return max(epoch, min(epochs, epoch + more))
+
+
+def another_epoch_fits(
+    elapsed_s: float,
+    budget_s: float,
+    *,
+    train_s: float,
+    validation_s: float,
+    validates_now: bool,
+    tail_s: float,
+) -> bool:
+    """Whether a run that has trained for ``elapsed_s`` can train another epoch and still end within
+    ``budget_s``: this epoch's validation if it has one (``validates_now``), the next epoch's training
+    (``train_s``) and its validation (it would be the last, and the last always validates), and what follows
+    the last epoch (``tail_s``)."""
+    ahead = (validation_s if validates_now else 0.0) + train_s + validation_s + tail_s
+    return elapsed_s + ahead <= budget_s
 
 
 def fit_schedule_to_budget(
