@@ -210,16 +210,18 @@ def _train(
         trained = time.monotonic()
         train_times.append(trained - epoch_start)
         validates_now = _validates(epoch, steps_per_epoch, config)
-        # the budget is a ceiling: no epoch starts that could not end (validated, and the view joined) in it
+        # the budget is a ceiling: no epoch starts that could not end (validated, and the view joined) in it;
+        # epochs vary by a few seconds, so the slowest of the last three stands for the next, and joining
+        # the view (loading the best model, validating it with the view) costs up to two validations
         out_of_time = from_rank0(
             budget_s is not None
             and not another_epoch_fits(
                 trained - start_time,
                 budget_s,
-                train_s=sum(train_times) / len(train_times),
+                train_s=max(train_times[-3:]),
                 validation_s=validation_s,
                 validates_now=validates_now,
-                tail_s=validation_s if view is not None else 0.0,
+                tail_s=2 * validation_s if view is not None else 0.0,
             ),
             world,
         )
@@ -237,7 +239,7 @@ def _train(
             # and the view's are set aside
             share = min(1.0, steps_per_epoch / config.validate_every_steps)
             epoch_s = train_times[-1] + share * validation_s
-            tail_s = validation_s * (2 if view is not None else 1)
+            tail_s = validation_s * (3 if view is not None else 1)
             last = budget_epochs(config.epochs, epoch, budget_s - (now - start_time) - tail_s, epoch_s)
             last = from_rank0(last, world)
             fit_schedule_to_budget(scheduler, last, steps_per_epoch)
